@@ -1,0 +1,165 @@
+"""One forwarder process: check, set up, forward until told to stop, then undo what it changed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from contextlib import ExitStack
+
+from .config import Options
+from .counters import DirectionCounters, render
+from .datapath.simple import Direction, SimpleDatapath
+from .link.netif import IFF_NOARP, Link, NetIf
+from .link.packet_socket import PacketSocket
+from .link.tap import TapError
+from .relays import RELAYS
+from .relays.base import Context, Relay, Unavailable, open_raw_side
+from .wire.drops import DropReason
+from .wire.eoe import BUFFER_SIZE
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+EX_CONFIG = 78
+
+STATS_INTERVAL = 0.5
+
+
+class Forwarder:
+    def __init__(self, options: Options, log: logging.Logger) -> None:
+        self.options = options
+        self.log = log
+        self.relay: Relay = RELAYS[options.relay](options)
+        self.net_to_service = DirectionCounters("net to service")
+        self.service_to_net = DirectionCounters("service to net")
+        if options.filter:
+            self.net_to_service.uncounted = frozenset({DropReason.FILTERED})
+        self._wake = threading.Event()
+        self._stop_requested = False
+        self._dump_requested = False
+        self._fatal: str | None = None
+
+    def run(self) -> int:
+        """Forward until SIGTERM/SIGINT or a fatal condition; return the exit code."""
+        with NetIf() as netif:
+            try:
+                network = self._preflight(netif)
+            except Unavailable as e:
+                self.log.error("%s", e)
+                return EX_UNAVAILABLE
+            try:
+                return self._serve(netif, network)
+            except (TapError, Unavailable) as e:
+                self.log.error("%s", e)
+                return EX_UNAVAILABLE
+            except PermissionError as e:
+                self.log.error("not permitted: %s (CAP_NET_ADMIN and CAP_NET_RAW are needed)", e.strerror)
+                return EX_UNAVAILABLE
+
+    def _preflight(self, netif: NetIf) -> Link:
+        network = netif.lookup(self.options.network)
+        if network is None:
+            raise Unavailable(f"network interface {self.options.network} does not exist")
+        self.relay.preflight(netif)
+        return network
+
+    def _serve(self, netif: NetIf, network: Link) -> int:
+        log, options, relay = self.log, self.options, self.relay
+        log.info("Starting forwarder application: eoe_filter")
+        for line in relay.banner:
+            log.info("%s", line)
+        log.info("Argument are: netItf: %s, serviceItf: %s", options.network, options.service)
+        if relay.name == "dhcp" and not options.filter:
+            log.warning("without -F every frame is relayed both ways between %s and %s "
+                        "(broadcast traffic can loop)", options.network, options.service)
+        with ExitStack() as undo:
+            net = open_raw_side(log, network, relay.classic_filter() if options.filter else None,
+                                lambda sock: self._promiscuous_noarp(netif, network, sock, undo))
+            undo.callback(net.close)
+            service = relay.open_service(Context(options, netif, log, network))
+            undo.callback(relay.release_service, service)
+            log.info("creating thread service to net")
+            log.info("net_fd is %d and service_fd is %d", net.fileno(), service.fileno())
+            stop_read, stop_write = os.pipe2(os.O_CLOEXEC)
+            undo.callback(os.close, stop_read)
+            undo.callback(os.close, stop_write)
+            debug = options.debug
+            datapath = SimpleDatapath([
+                Direction("net to service", net, service, relay.net_to_service, 0,
+                          self.net_to_service, stop_read, self._fail, log, debug),
+                Direction("service to net", service, net, relay.service_to_net, relay.service_headroom,
+                          self.service_to_net, stop_read, self._fail, log, debug),
+            ], stop_write)
+            with self._signals():
+                datapath.start()
+                log.info("net to service thread is waiting for data on %d to transmit on %d. Buffer size is %d",
+                         net.fileno(), service.fileno(), BUFFER_SIZE)
+                log.info("service to net thread is waiting for data on %d to transmit on %d. Buffer size is %d",
+                         service.fileno(), net.fileno(), BUFFER_SIZE)
+                self._supervise(net)
+                datapath.stop()
+            self._collect_queue_drops(net)
+        log.info("%s", render([self.net_to_service, self.service_to_net]))
+        if self._fatal is not None:
+            log.error("%s; stopping", self._fatal)
+            return EX_UNAVAILABLE
+        return EX_OK
+
+    def _promiscuous_noarp(self, netif: NetIf, network: Link, sock: PacketSocket, undo: ExitStack) -> None:
+        if not self.relay.promiscuous_noarp:
+            return
+        name = network.name
+        self.log.info("Setting %s to promiscuous mode and disable ARP resolution", name)
+        sock.add_promiscuous(network.index)
+        if not network.flags & IFF_NOARP:
+            netif.set_flag(network.index, IFF_NOARP, True)
+            undo.callback(self._restore_arp, netif, network)
+        self.log.info("%s is now set in promiscuous mode and ARP resolution is disabled", name)
+
+    def _restore_arp(self, netif: NetIf, network: Link) -> None:
+        link = netif.lookup(network.name)
+        if link is not None and link.index == network.index:
+            netif.set_flag(link.index, IFF_NOARP, False)
+            self.log.debug("ARP resolution restored on %s", network.name)
+
+    def _supervise(self, net: PacketSocket) -> None:
+        """The control loop: signals, counter dumps, the kernel's queue-drop counter."""
+        while True:
+            self._wake.wait(STATS_INTERVAL)
+            self._wake.clear()
+            self._collect_queue_drops(net)
+            if self._dump_requested:
+                self._dump_requested = False
+                self.log.info("%s", render([self.net_to_service, self.service_to_net]))
+            if self._stop_requested or self._fatal is not None:
+                return
+
+    def _collect_queue_drops(self, net: PacketSocket) -> None:
+        try:
+            _, drops = net.take_statistics()
+        except OSError:
+            return
+        if drops:
+            self.net_to_service.drop(DropReason.QUEUE_OVERFLOW, drops)
+
+    def _fail(self, why: str) -> None:
+        if self._fatal is None:
+            self._fatal = why
+        self._wake.set()
+
+    def _signals(self) -> ExitStack:
+        def stop(signum: int, _frame: object) -> None:
+            self._stop_requested = True
+            self._wake.set()
+
+        def dump(signum: int, _frame: object) -> None:
+            self._dump_requested = True
+            self._wake.set()
+
+        stack = ExitStack()
+        for signum, handler in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGUSR1, dump)):
+            stack.callback(signal.signal, signum, signal.signal(signum, handler))
+        return stack

@@ -1,0 +1,104 @@
+"""What a relay is: how it opens its service side, its kernel filter, and its edit per direction.
+
+The forwarder knows nothing relay-specific: it opens the network side,
+asks the relay for the rest, and moves frames through the relay's edits.
+An edit works in place on a buffer with headroom and returns the new
+(start, end) of the frame, or the reason to drop it.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from collections.abc import Callable
+from typing import ClassVar, Protocol
+
+from ..config import Options
+from ..link.bpf_classic import Program
+from ..link.netif import Link, NetIf
+from ..link.packet_socket import PacketSocket
+from ..wire.drops import DropReason
+
+Edit = tuple[int, int] | DropReason
+
+
+class Unavailable(Exception):
+    """Something the relay needs is not there: exit 69 (EX_UNAVAILABLE), nothing changed yet."""
+
+
+class Port(Protocol):
+    """One side of the forwarder, as the forwarding loops use it."""
+
+    def fileno(self) -> int: ...
+    def receive_into(self, buf: bytearray, rx: memoryview, at: int) -> tuple[int, int]: ...
+    def send(self, frame: memoryview) -> None: ...
+    def gone(self) -> str | None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class Context:
+    """What a relay's set-up may use: the options, netlink, the log, the network link."""
+
+    options: Options
+    netif: NetIf
+    log: logging.Logger
+    network: Link
+
+
+class Relay(ABC):
+    name: ClassVar[str]
+    banner: ClassVar[tuple[str, ...]]
+    """The original's first start-up lines for this relay."""
+    promiscuous_noarp: ClassVar[bool]
+    """The network interface goes promiscuous and NOARP while we run."""
+    service_headroom: ClassVar[int] = 0
+    """Free bytes the service -> net edit needs before the frame."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @abstractmethod
+    def preflight(self, netif: NetIf) -> None:
+        """Check what the service side needs before anything is created; raise Unavailable."""
+
+    @abstractmethod
+    def classic_filter(self) -> Program:
+        """The `-F` program for the network socket."""
+
+    @abstractmethod
+    def open_service(self, ctx: Context) -> Port:
+        """Open (and if needed create and bring up) the service side, logging as the original did."""
+
+    def release_service(self, port: Port) -> None:
+        """Undo what open_service set up, at exit."""
+        port.close()
+
+    @abstractmethod
+    def net_to_service(self, buf: bytearray, start: int, end: int) -> Edit: ...
+
+    @abstractmethod
+    def service_to_net(self, buf: bytearray, start: int, end: int) -> Edit: ...
+
+
+def open_raw_side(log: logging.Logger, link: Link, program: Program | None,
+                  before_bind: Callable[[PacketSocket], None] | None = None) -> PacketSocket:
+    """A raw socket on `link`, logged as the original did; `before_bind` runs between its lines."""
+    log.info("creating the socket for %s", link.name)
+    sock = PacketSocket(program)
+    log.info("The socket for %s is %d", link.name, sock.fileno())
+    if before_bind is not None:
+        before_bind(sock)
+    log.info("Getting interface index of %s", link.name)
+    log.info("Binding socket %d to %s", sock.fileno(), link.name)
+    sock.bind(link.name, link.index)
+    return sock
+
+
+RELAYS: dict[str, type[Relay]] = {}
+
+
+def register(cls: type[Relay]) -> type[Relay]:
+    RELAYS[cls.name] = cls
+    return cls

@@ -1,0 +1,84 @@
+"""Relay "eoe" (`-E`): a TAP on the service side, the EOE header stripped and added."""
+
+from __future__ import annotations
+
+import os
+
+from ..config import Options
+from ..link.bpf_classic import Program, eoe_downstream_filter
+from ..link.netif import NetIf
+from ..link.tap import TUN_CLONE_DEVICE, Tap, TapError, attach, open_clone
+from ..wire.drops import DropReason
+from ..wire.eoe import HEADER_LEN, MIN_FRAME, MIN_INNER, encapsulate_into
+from .base import Context, Edit, Relay, Unavailable, register
+
+NET_TO_TAP_MTU = 18
+"""The TAP MTU is the network MTU minus the 18 bytes of the header's tagged Ethernet part."""
+MAX_TAP_MTU = 65535
+
+
+def tap_mtu_for(network_mtu: int) -> int:
+    return max(68, min(MAX_TAP_MTU, network_mtu - NET_TO_TAP_MTU))
+
+
+@register
+class EoeRelay(Relay):
+    name = "eoe"
+    banner = ("Enable EOE header handle.", "register EOE relay done")
+    promiscuous_noarp = True
+    service_headroom = HEADER_LEN
+
+    def __init__(self, options: Options) -> None:
+        super().__init__(options)
+        self._template = options.header.pack(0)
+        self._existed = False
+
+    def preflight(self, netif: NetIf) -> None:
+        if not os.path.exists(TUN_CLONE_DEVICE):
+            raise Unavailable(f"{TUN_CLONE_DEVICE} does not exist (load the tun module: modprobe tun)")
+        existing = netif.lookup(self.options.service)
+        if existing is None:
+            return
+        if existing.tun_type != 2:
+            raise Unavailable(f"{self.options.service} exists and is not a TAP device")
+        if existing.tun_multi_queue:
+            raise Unavailable(f"TAP {self.options.service} is multi-queue; a single-queue TAP is needed")
+        self._existed = True
+
+    def classic_filter(self) -> Program:
+        return eoe_downstream_filter()
+
+    def open_service(self, ctx: Context) -> Tap:
+        log, name = ctx.log, self.options.service
+        log.info("Opening clone device %s", TUN_CLONE_DEVICE)
+        fd = open_clone()
+        log.info("Socket of tap interface %s is %d", name, fd)
+        log.info("Attaching socket %d to tap interface %s", fd, name)
+        tap = attach(fd, name, existed=self._existed)
+        try:
+            if self.options.persist:
+                tap.set_persist(True)
+            link = ctx.netif.lookup(name)
+            if link is None:
+                raise TapError(f"TAP {name} vanished while being set up")
+            mtu = self.options.tap_mtu or tap_mtu_for(ctx.network.mtu)
+            ctx.netif.set_mtu(link.index, mtu)
+            ctx.netif.set_up(link.index)
+        except BaseException:
+            tap.close()
+            raise
+        log.info("Tap interface %s is successfully created", name)
+        log.debug("%s %s, up, MTU %d%s", "attached to existing TAP" if self._existed else "created TAP",
+                  name, mtu, ", persistent" if self.options.persist else "")
+        return tap
+
+    def net_to_service(self, buf: bytearray, start: int, end: int) -> Edit:
+        if end - start < MIN_FRAME:
+            return DropReason.RUNT
+        return start + HEADER_LEN, end
+
+    def service_to_net(self, buf: bytearray, start: int, end: int) -> Edit:
+        head = encapsulate_into(buf, start, end, self._template)
+        if head < 0:
+            return DropReason.TOO_BIG
+        return head, max(end, start + MIN_INNER)
