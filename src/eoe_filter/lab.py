@@ -56,9 +56,14 @@ class Lab:
         self.close()
 
     def netns(self, role: str) -> str:
+        """A new namespace with loopback up and IPv6 off (no router solicitations in our captures)."""
         name = f"{self.tag}-{role}"
         netns.create(name)
         self.namespaces.append(name)
+        with in_netns(name):
+            for conf in ("all", "default"):
+                with open(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6", "w") as f:
+                    f.write("1")
         with self.ipr(name) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         return name

@@ -20,6 +20,7 @@ _ANC_SPACE = socket.CMSG_SPACE(abi.TPACKET_AUXDATA.size)
 _VLAN_VALID = abi.TP_STATUS_VLAN_VALID
 _TPID_VALID = abi.TP_STATUS_VLAN_TPID_VALID
 _PACKET_OUTGOING = socket.PACKET_OUTGOING
+SOCKET_BUFFER = 4 << 20
 RX_HEADROOM = 4
 """Bytes a receive buffer keeps free before the frame, to re-insert a lifted tag."""
 
@@ -40,8 +41,17 @@ class PacketSocket:
                 raise
             self._skip_outgoing = True
         self.sock.setsockopt(abi.SOL_PACKET, abi.PACKET_AUXDATA, 1)
+        self._grow_buffers()
         if program is not None:
             attach(self.sock, program)
+
+    def _grow_buffers(self) -> None:
+        """Room for bursts: a forwarder's queue should absorb a few ms of line rate, not ~200 frames."""
+        for forced, plain in ((ABI.SO_RCVBUFFORCE, ABI.SO_RCVBUF), (ABI.SO_SNDBUFFORCE, ABI.SO_SNDBUF)):
+            try:
+                self.sock.setsockopt(ABI.SOL_SOCKET, forced, SOCKET_BUFFER)
+            except PermissionError:  # without CAP_NET_ADMIN: as much as net.core.*mem_max allows
+                self.sock.setsockopt(ABI.SOL_SOCKET, plain, SOCKET_BUFFER)
 
     def bind(self, ifname: str, ifindex: int) -> None:
         self.ifname = ifname

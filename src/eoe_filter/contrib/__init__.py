@@ -1,0 +1,1 @@
+"""Operator tools for EOE frames (scapy layer, Wireshark dissector); not imported by the forwarder."""

@@ -1,0 +1,240 @@
+"""The eoe relay on a real veth, where the kernel lifts the VLAN tag: bytes, filter, faults, clean-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import time
+
+import pytest
+
+from eoe_filter.wire.eoe import EoeHeader, encapsulate
+
+from .conftest import EoeLab, receive, receive_all
+from .frames import eoe_frame, inner_frame
+
+ORIGINAL_STARTUP = [
+    "Starting forwarder application: eoe_filter",
+    "Enable EOE header handle.",
+    "register EOE relay done",
+    "Argument are: netItf: net0, serviceItf: tap0",
+    "creating the socket for net0",
+    r"The socket for net0 is (\d+)",
+    "Setting net0 to promiscuous mode and disable ARP resolution",
+    "net0 is now set in promiscuous mode and ARP resolution is disabled",
+    "Getting interface index of net0",
+    r"Binding socket (\d+) to net0",
+    "Opening clone device /dev/net/tun",
+    r"Socket of tap interface tap0 is (\d+)",
+    r"Attaching socket (\d+) to tap interface tap0",
+    "Tap interface tap0 is successfully created",
+    "creating thread service to net",
+    r"net_fd is (\d+) and service_fd is (\d+)",
+    r"net to service thread is waiting for data on (\d+) to transmit on (\d+)\. Buffer size is 65557",
+    r"service to net thread is waiting for data on (\d+) to transmit on (\d+)\. Buffer size is 65557",
+]
+
+
+def link(eoe_lab: EoeLab, name: str) -> dict:
+    return json.loads(eoe_lab.ip("-j", "-d", "link", "show", name))[0]
+
+
+def test_startup_lines_and_tap_up_with_room_for_the_header(eoe_lab: EoeLab):
+    fwd = eoe_lab.start()
+    assert len(fwd.lines) == len(ORIGINAL_STARTUP)
+    for line, pattern in zip(fwd.lines, ORIGINAL_STARTUP):
+        assert re.fullmatch(pattern, line), (line, pattern)
+    tap = link(eoe_lab, "tap0")
+    assert "UP" in tap["flags"]
+    assert tap["mtu"] == 1500 - 18
+    net = link(eoe_lab, "net0")
+    assert "NOARP" in net["flags"] and net["promiscuity"] >= 1
+
+
+@pytest.mark.parametrize("size", [14, 42, 64, 65, 1000, 1496])
+def test_decapsulation_is_byte_exact(eoe_lab: EoeLab, size: int):
+    eoe_lab.start()
+    peer, tap = eoe_lab.socket("peer0"), eoe_lab.socket("tap0")
+    inner = inner_frame(size, seed=size)
+    frame = eoe_frame(inner)
+    assert len(frame) <= 1500 + 18
+    peer.send(frame)
+    padded = inner + bytes(max(0, 64 - size))
+    assert receive(tap) == padded
+
+
+@pytest.mark.parametrize("size", [42, 60, 64, 1000, 1496])
+def test_encapsulation_is_byte_exact(eoe_lab: EoeLab, size: int):
+    eoe_lab.start()
+    peer, tap = eoe_lab.socket("peer0"), eoe_lab.socket("tap0")
+    inner = inner_frame(size, seed=size)
+    tap.send(inner)
+    expected = eoe_frame(inner, op_code=8, downstream=0, dst="06:00:00:00:00:f8", src="06:00:00:00:00:78")
+    assert receive(peer) == expected
+
+
+def test_configured_header_fields_are_used(eoe_lab: EoeLab):
+    eoe_lab.start("--dmac", "02:11:22:33:44:55", "--smac", "02:66:77:88:99:aa", "--vid", "100",
+                  "--pcp", "5", "--dei", "1", "--op-code", "3", "--downstream", "1", "--flag", "6",
+                  "--itf", "0x1234", "--protocol-id", "0x42")
+    peer, tap = eoe_lab.socket("peer0"), eoe_lab.socket("tap0")
+    inner = inner_frame(100)
+    tap.send(inner)
+    header = EoeHeader(dst=bytes.fromhex("021122334455"), src=bytes.fromhex("02667788 99aa".replace(" ", "")),
+                       vid=100, pcp=5, dei=1, op_code=3, downstream=1, flag=6, itf=0x1234, protocol_id=0x42)
+    assert receive(peer) == encapsulate(header, inner)
+
+
+def test_frames_too_big_for_the_network_mtu_are_dropped_and_counted(eoe_lab: EoeLab):
+    fwd = eoe_lab.start("--tap-mtu", "1600")
+    peer, tap = eoe_lab.socket("peer0"), eoe_lab.socket("tap0")
+    tap.send(inner_frame(1600))
+    tap.send(inner_frame(100))
+    assert receive(peer) == eoe_frame(inner_frame(100), op_code=8, downstream=0,
+                                      dst="06:00:00:00:00:f8", src="06:00:00:00:00:78")
+    assert fwd.stop() == 0
+    assert re.search(r"service to net: 1 frames.*\n.*too big 1", fwd.output)
+
+
+def test_filter_passes_op_code_1_and_drops_op_code_8_and_inner_control(eoe_lab: EoeLab):
+    eoe_lab.start("-F")
+    peer, tap = eoe_lab.socket("peer0"), eoe_lab.socket("tap0")
+    tagged_inner = inner_frame(100, ethertype=0x8100)
+    ok = tagged_inner[:16] + b"\x08\x00" + tagged_inner[18:]
+    control = tagged_inner[:16] + b"\x08\xab" + tagged_inner[18:]
+    peer.send(eoe_frame(ok, op_code=8))
+    peer.send(eoe_frame(control, op_code=1))
+    peer.send(eoe_frame(ok, op_code=1))
+    assert receive_all(tap) == [ok]
+
+
+def test_without_filter_every_frame_of_36_bytes_or_more_is_decapsulated(eoe_lab: EoeLab):
+    fwd = eoe_lab.start()
+    peer, tap = eoe_lab.socket("peer0"), eoe_lab.socket("tap0")
+    arbitrary = bytes(range(12)) + b"\x88\xb5" + bytes(range(50, 72))  # 36 bytes, not even tagged
+    peer.send(arbitrary)
+    assert receive(tap) == arbitrary[22:]
+    assert fwd.stop() == 0
+
+
+def test_own_outgoing_frames_never_reach_the_tap(eoe_lab: EoeLab):
+    fwd = eoe_lab.start()
+    net, tap, peer = eoe_lab.socket("net0"), eoe_lab.socket("tap0"), eoe_lab.socket("peer0")
+    net.send(eoe_frame(inner_frame(100)))  # the host itself sends on net0
+    tap.send(inner_frame(100))  # and the forwarder's own encapsulated frame goes out of net0
+    assert receive(peer) is not None
+    assert receive_all(tap) == []
+    fwd.stop()
+    assert "net to service: 0 frames" in fwd.output
+
+
+def test_garbage_does_not_kill_it(eoe_lab: EoeLab):
+    fwd = eoe_lab.start()
+    peer, tap = eoe_lab.socket("peer0"), eoe_lab.socket("tap0")
+    rng = random.Random(1234)
+    runts = 0
+    for _ in range(2000):
+        size = rng.choice([rng.randint(14, 35), rng.randint(36, 1514)])
+        runts += size < 36
+        peer.send(rng.randbytes(12) + rng.randbytes(size - 12))
+        if _ % 100 == 0:
+            time.sleep(0.02)  # stay inside what the socket queue holds: this test is about content
+    time.sleep(0.5)
+    assert fwd.proc.poll() is None
+    receive_all(tap, 0.2)
+    inner = inner_frame(200, seed=9)
+    peer.send(eoe_frame(inner))
+    assert receive(tap) == inner
+    assert fwd.stop() == 0
+    assert f"runt {runts}" in fwd.output
+    assert "queue overflow" not in fwd.output
+
+
+def test_tap_down_drops_are_counted_and_frames_flow_again_after_up(eoe_lab: EoeLab):
+    fwd = eoe_lab.start()
+    peer, tap = eoe_lab.socket("peer0"), eoe_lab.socket("tap0")
+    eoe_lab.ip("link", "set", "tap0", "down")
+    for _ in range(50):
+        peer.send(eoe_frame(inner_frame(100)))
+    time.sleep(0.3)
+    assert fwd.proc.poll() is None
+    assert "tap0" in eoe_lab.ip("link", "show", "tap0")
+    eoe_lab.ip("link", "set", "tap0", "up")
+    inner = inner_frame(120, seed=3)
+    peer.send(eoe_frame(inner))
+    assert inner in receive_all(tap)
+    assert fwd.stop() == 0
+    assert "tap down 50" in fwd.output
+    assert len([e for e in fwd.errors if "tap down" in e]) == 1  # rate-limited, not once per frame
+
+
+def test_sigterm_removes_the_tap_and_restores_the_flags(eoe_lab: EoeLab):
+    before = link(eoe_lab, "net0")
+    fwd = eoe_lab.start()
+    t0 = time.monotonic()
+    assert fwd.stop() == 0
+    assert time.monotonic() - t0 < 2
+    assert eoe_lab.lab.run(eoe_lab.ns, ["ip", "link", "show", "tap0"]).returncode != 0
+    after = link(eoe_lab, "net0")
+    assert after["flags"] == before["flags"] and "NOARP" not in after["flags"]
+    assert after.get("promiscuity", 0) == before.get("promiscuity", 0)
+    assert "counters:" in fwd.output
+
+
+def test_sigusr1_logs_the_counters(eoe_lab: EoeLab):
+    fwd = eoe_lab.start()
+    peer = eoe_lab.socket("peer0")
+    peer.send(eoe_frame(inner_frame(100)))
+    time.sleep(0.2)
+    fwd.signal(signal.SIGUSR1)
+    fwd.wait_for("net to service: 1 frames, 100 bytes forwarded")
+    assert fwd.proc.poll() is None
+
+
+def test_persist_keeps_the_tap_and_an_existing_tap_is_reused_and_left(eoe_lab: EoeLab):
+    fwd = eoe_lab.start("--persist")
+    assert fwd.stop() == 0
+    assert "tap0" in eoe_lab.ip("link", "show", "tap0")
+    eoe_lab.ip("link", "set", "tap0", "down", "mtu", "1000")
+    fwd = eoe_lab.start()
+    tap = link(eoe_lab, "tap0")
+    assert "UP" in tap["flags"] and tap["mtu"] == 1482
+    assert fwd.stop() == 0
+    assert "tap0" in eoe_lab.ip("link", "show", "tap0")
+
+
+def test_a_tap_held_by_another_process_is_refused(eoe_lab: EoeLab):
+    eoe_lab.start()
+    second = eoe_lab.lab.run(eoe_lab.ns, ["python3", "-m", "eoe_filter", "-n", "net0", "-t", "tap0", "-E"])
+    assert second.returncode != 0
+    errors = second.stderr.strip().splitlines()
+    assert len(errors) == 1 and "tap0" in errors[0] and "another process" in errors[0]
+    assert "Traceback" not in second.stderr
+
+
+def test_missing_network_interface_is_refused_before_anything_changes(eoe_lab: EoeLab):
+    out = eoe_lab.lab.run(eoe_lab.ns, ["python3", "-m", "eoe_filter", "-n", "eth9", "-t", "tap0", "-E"])
+    assert out.returncode == 69
+    assert out.stderr.strip().splitlines() == ["eoe_filter: network interface eth9 does not exist"]
+    assert eoe_lab.lab.run(eoe_lab.ns, ["ip", "link", "show", "tap0"]).returncode != 0
+
+
+def test_deleted_network_interface_ends_the_service_cleanly(eoe_lab: EoeLab):
+    fwd = eoe_lab.start()
+    eoe_lab.ip("link", "del", "net0")
+    rc = fwd.proc.wait(5)
+    assert rc == 69
+    assert any("net0 was deleted" in e for e in fwd.errors)
+    assert eoe_lab.lab.run(eoe_lab.ns, ["ip", "link", "show", "tap0"]).returncode != 0
+
+
+def test_deleted_tap_ends_the_service_cleanly(eoe_lab: EoeLab):
+    fwd = eoe_lab.start()
+    eoe_lab.ip("link", "del", "tap0")
+    rc = fwd.proc.wait(5)
+    assert rc == 69
+    assert any("tap0 was deleted" in e for e in fwd.errors)
+    assert "NOARP" not in link(eoe_lab, "net0")["flags"]
