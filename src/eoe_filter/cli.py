@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from . import __version__
 from .config import DATAPATHS, ConfigError, Options
 from .forwarder import EX_CONFIG, EX_USAGE, Forwarder
-from .log import setup
+from .log import SYSLOG_SOCKET, setup
 from .wire.eoe import EoeHeader, parse_mac
 
 USAGE = "eoe_filter -n <network_itf> -t <service_itf> [-s] [-d[d]] [-E|-V] [-F] [options]\n" \
@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--persist", action="store_true", help="make the TAP persistent: it outlives the process")
     new.add_argument("--tap-mtu", metavar="BYTES", help="TAP MTU (default: network MTU - 18; "
                                                         "add 4 for inner VLAN sub-interfaces)")
+    new.add_argument("--syslog-socket", metavar="PATH", default=SYSLOG_SOCKET,
+                     help=f"the syslog socket for -s (default {SYSLOG_SOCKET})")
     new.add_argument("--datapath", metavar="NAME", default="simple",
                      help=f"forwarding loop: {', '.join(DATAPATHS)} (default simple)")
     hdr = p.add_argument_group("EOE header fields used on encapsulation (-E)")
@@ -121,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"eoe_filter: {e}", file=sys.stderr)
         return EX_CONFIG
-    log = setup(syslog=options.syslog, debug=options.debug)
+    log = setup(syslog=options.syslog, debug=options.debug, syslog_socket=args.syslog_socket)
     return Forwarder(options, log).run()
 
 

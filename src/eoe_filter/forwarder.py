@@ -9,15 +9,14 @@ import threading
 from contextlib import ExitStack
 
 from .config import Options
-from .counters import DirectionCounters, render
-from .datapath.simple import Direction, SimpleDatapath
+from .counters import Counters
+from .datapath import DatapathContext, datapaths
 from .link.netif import IFF_NOARP, Link, NetIf
 from .link.packet_socket import PacketSocket
 from .link.tap import TapError
 from .relays import RELAYS
 from .relays.base import Context, Relay, Unavailable, open_raw_side
 from .wire.drops import DropReason
-from .wire.eoe import BUFFER_SIZE
 
 EX_OK = 0
 EX_FAILURE = 1
@@ -33,10 +32,9 @@ class Forwarder:
         self.options = options
         self.log = log
         self.relay: Relay = RELAYS[options.relay](options)
-        self.net_to_service = DirectionCounters("net to service")
-        self.service_to_net = DirectionCounters("service to net")
+        self.counters = Counters()
         if options.filter:
-            self.net_to_service.uncounted = frozenset({DropReason.FILTERED})
+            self.counters.net_to_service.uncounted = frozenset({DropReason.FILTERED})
         self._wake = threading.Event()
         self._stop_requested = False
         self._dump_requested = False
@@ -72,9 +70,8 @@ class Forwarder:
         for line in relay.banner:
             log.info("%s", line)
         log.info("Argument are: netItf: %s, serviceItf: %s", options.network, options.service)
-        if relay.name == "dhcp" and not options.filter:
-            log.warning("without -F every frame is relayed both ways between %s and %s "
-                        "(broadcast traffic can loop)", options.network, options.service)
+        for warning in relay.startup_warnings():
+            log.warning("%s", warning)
         with ExitStack() as undo:
             net = open_raw_side(log, network, relay.classic_filter() if options.filter else None,
                                 lambda sock: self._promiscuous_noarp(netif, network, sock, undo))
@@ -83,26 +80,14 @@ class Forwarder:
             undo.callback(relay.release_service, service)
             log.info("creating thread service to net")
             log.info("net_fd is %d and service_fd is %d", net.fileno(), service.fileno())
-            stop_read, stop_write = os.pipe2(os.O_CLOEXEC)
-            undo.callback(os.close, stop_read)
-            undo.callback(os.close, stop_write)
-            debug = options.debug
-            datapath = SimpleDatapath([
-                Direction("net to service", net, service, relay.net_to_service, 0,
-                          self.net_to_service, stop_read, self._fail, log, debug),
-                Direction("service to net", service, net, relay.service_to_net, relay.service_headroom,
-                          self.service_to_net, stop_read, self._fail, log, debug),
-            ], stop_write)
+            datapath = datapaths()[options.datapath](
+                DatapathContext(net, service, relay, self.counters, self._fail, log, options.debug))
             with self._signals():
                 datapath.start()
-                log.info("net to service thread is waiting for data on %d to transmit on %d. Buffer size is %d",
-                         net.fileno(), service.fileno(), BUFFER_SIZE)
-                log.info("service to net thread is waiting for data on %d to transmit on %d. Buffer size is %d",
-                         service.fileno(), net.fileno(), BUFFER_SIZE)
                 self._supervise(net)
                 datapath.stop()
             self._collect_queue_drops(net)
-        log.info("%s", render([self.net_to_service, self.service_to_net]))
+        log.info("%s", self.counters.render())
         if self._fatal is not None:
             log.error("%s; stopping", self._fatal)
             return EX_UNAVAILABLE
@@ -133,7 +118,7 @@ class Forwarder:
             self._collect_queue_drops(net)
             if self._dump_requested:
                 self._dump_requested = False
-                self.log.info("%s", render([self.net_to_service, self.service_to_net]))
+                self.log.info("%s", self.counters.render())
             if self._stop_requested or self._fatal is not None:
                 return
 
@@ -143,7 +128,7 @@ class Forwarder:
         except OSError:
             return
         if drops:
-            self.net_to_service.drop(DropReason.QUEUE_OVERFLOW, drops)
+            self.counters.net_to_service.drop(DropReason.QUEUE_OVERFLOW, drops)
 
     def _fail(self, why: str) -> None:
         if self._fatal is None:

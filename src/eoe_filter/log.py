@@ -24,13 +24,16 @@ class _Below(logging.Filter):
         return record.levelno < self.level
 
 
-def setup(*, syslog: bool = False, debug: int = 0) -> logging.Logger:
+SYSLOG_SOCKET = "/dev/log"
+
+
+def setup(*, syslog: bool = False, debug: int = 0, syslog_socket: str = SYSLOG_SOCKET) -> logging.Logger:
     log = logging.getLogger(LOGGER_NAME)
     log.handlers.clear()
     log.propagate = False
     log.setLevel(logging.DEBUG if debug else logging.INFO)
-    if syslog and os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler("/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+    if syslog and os.path.exists(syslog_socket):
+        handler = logging.handlers.SysLogHandler(syslog_socket, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
         handler.setFormatter(logging.Formatter(f"{LOGGER_NAME}[%(process)d]: %(message)s"))
         log.addHandler(handler)
         return log
@@ -46,7 +49,7 @@ def setup(*, syslog: bool = False, debug: int = 0) -> logging.Logger:
     log.addHandler(out)
     log.addHandler(err)
     if syslog:
-        log.warning("no syslog socket at /dev/log; logging to stdout/stderr")
+        log.warning("no syslog socket at %s; logging to stdout/stderr", syslog_socket)
     return log
 
 

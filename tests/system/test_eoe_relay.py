@@ -238,3 +238,50 @@ def test_deleted_tap_ends_the_service_cleanly(eoe_lab: EoeLab):
     assert rc == 69
     assert any("tap0 was deleted" in e for e in fwd.errors)
     assert "NOARP" not in link(eoe_lab, "net0")["flags"]
+
+
+def test_debug_lines_and_hex_dumps(eoe_lab: EoeLab):
+    fwd = eoe_lab.start("-dd")
+    peer, tap = eoe_lab.socket("peer0"), eoe_lab.socket("tap0")
+    inner = inner_frame(100, seed=0x41)
+    peer.send(eoe_frame(inner))
+    assert receive(tap) == inner
+    fwd.wait_for("net to service: edited 100 bytes")
+    out = fwd.output
+    assert "net to service: received 122 bytes" in out
+    assert "0000  06 00 00 00 00 78 06 00 00 00 00 f8 81 00 0f fe" in out  # before: the EOE frame
+    assert "0000  02 00 00 00 00 02 02 00 00 00 00 01 08 00 41 42" in out  # after: the inner frame
+
+
+def test_syslog_gets_the_lines_with_the_daemon_facility(eoe_lab: EoeLab, tmp_path):
+    import socket as socket_module
+    path = str(tmp_path / "log")
+    with socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_DGRAM) as syslog:
+        syslog.bind(path)
+        syslog.settimeout(5)
+        fwd = eoe_lab.start("-s", "--syslog-socket", path, ready=False)
+        messages = []
+        while not any(b"service to net thread is waiting" in m for m in messages):
+            messages.append(syslog.recv(4096))
+        assert fwd.lines == []
+        assert messages[0].startswith(b"<30>eoe_filter[")  # facility daemon (3) * 8 + info (6)
+        assert b"Starting forwarder application: eoe_filter" in messages[0]
+        assert fwd.stop() == 0
+
+
+def test_network_interface_down_drops_and_recovers(eoe_lab: EoeLab):
+    fwd = eoe_lab.start()
+    peer, tap = eoe_lab.socket("peer0"), eoe_lab.socket("tap0")
+    eoe_lab.ip("link", "set", "net0", "down")
+    for _ in range(20):
+        tap.send(inner_frame(100))
+    time.sleep(0.3)
+    assert fwd.proc.poll() is None
+    eoe_lab.ip("link", "set", "net0", "up")
+    time.sleep(0.2)
+    inner = inner_frame(100, seed=5)
+    tap.send(inner)
+    assert receive(peer) == eoe_frame(inner, op_code=8, downstream=0, dst="06:00:00:00:00:f8",
+                                      src="06:00:00:00:00:78")
+    assert fwd.stop() == 0
+    assert "net down 20" in fwd.output

@@ -1,1 +1,48 @@
-"""Forwarding loops: they move frames between two ports through a relay's edits, and nothing else."""
+"""Forwarding loops: they move frames between two ports through a relay's edits, and nothing else.
+
+A datapath is chosen by name (`--datapath`); each is built from the same
+DatapathContext and offers start() and stop().
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..counters import Counters
+from ..link.packet_socket import PacketSocket
+from ..relays.base import Port, Relay
+from ..wire.eoe import BUFFER_SIZE
+
+
+@dataclass
+class DatapathContext:
+    net: PacketSocket
+    service: Port
+    relay: Relay
+    counters: Counters
+    on_fatal: Callable[[str], None]
+    """Called (from any thread) with a one-line reason when the service cannot go on."""
+    log: logging.Logger
+    debug: int
+
+
+class Datapath(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def log_waiting(ctx: DatapathContext) -> None:
+    """The original's last start-up lines, once both directions run."""
+    net, service = ctx.net.fileno(), ctx.service.fileno()
+    ctx.log.info("net to service thread is waiting for data on %d to transmit on %d. Buffer size is %d",
+                 net, service, BUFFER_SIZE)
+    ctx.log.info("service to net thread is waiting for data on %d to transmit on %d. Buffer size is %d",
+                 service, net, BUFFER_SIZE)
+
+
+def datapaths() -> dict[str, Callable[[DatapathContext], Datapath]]:
+    from .simple import SimpleDatapath
+    return {"simple": SimpleDatapath}

@@ -20,6 +20,7 @@ from ..relays.base import Port
 from ..wire.drops import DropReason
 from ..wire.eoe import BUFFER_SIZE
 from ..wire.hexdump import hexdump
+from . import DatapathContext, log_waiting
 from .errors import MAYBE_GONE, send_drop_reason
 
 EditFn = Callable[[bytearray, int, int], "tuple[int, int] | DropReason"]
@@ -93,8 +94,7 @@ class Direction(threading.Thread):
                 if self._send_failed(e):
                     return
                 continue
-            counters.frames += 1
-            counters.bytes += end - start
+            counters.add(1, end - start)
 
     def _trace(self, what: str, frame: memoryview) -> None:
         self.log.debug("%s: %s %d bytes", self.name, what, len(frame))
@@ -127,13 +127,21 @@ class Direction(threading.Thread):
 class SimpleDatapath:
     """Two Direction threads and the pipe that stops them."""
 
-    def __init__(self, directions: list[Direction], stop_write: int) -> None:
-        self.directions = directions
-        self._stop_write = stop_write
+    def __init__(self, ctx: DatapathContext) -> None:
+        self.ctx = ctx
+        self._stop_read, self._stop_write = os.pipe2(os.O_CLOEXEC)
+        relay, c = ctx.relay, ctx.counters
+        common = dict(stop_fd=self._stop_read, on_fatal=ctx.on_fatal, log=ctx.log, debug=ctx.debug)
+        self.directions = [
+            Direction("net to service", ctx.net, ctx.service, relay.net_to_service, 0, c.net_to_service, **common),
+            Direction("service to net", ctx.service, ctx.net, relay.service_to_net, relay.service_headroom,
+                      c.service_to_net, **common),
+        ]
 
     def start(self) -> None:
         for d in self.directions:
             d.start()
+        log_waiting(self.ctx)
 
     def stop(self, timeout: float = 2.0) -> None:
         for d in self.directions:
@@ -141,3 +149,5 @@ class SimpleDatapath:
         os.write(self._stop_write, b"x")
         for d in self.directions:
             d.join(timeout)
+        os.close(self._stop_read)
+        os.close(self._stop_write)

@@ -59,6 +59,10 @@ class Relay(ABC):
     def __init__(self, options: Options) -> None:
         self.options = options
 
+    def startup_warnings(self) -> list[str]:
+        """What the operator should know about this configuration before frames flow."""
+        return []
+
     @abstractmethod
     def preflight(self, netif: NetIf) -> None:
         """Check what the service side needs before anything is created; raise Unavailable."""

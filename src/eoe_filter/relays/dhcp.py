@@ -17,6 +17,12 @@ class DhcpRelay(Relay):
     banner = ("Enable dummy dhcp vlan.", "register DHCP relay done")
     promiscuous_noarp = False
 
+    def startup_warnings(self) -> list[str]:
+        if self.options.filter:
+            return []
+        return [f"without -F every frame is relayed both ways between {self.options.network} and "
+                f"{self.options.service} (broadcast traffic can loop)"]
+
     def preflight(self, netif: NetIf) -> None:
         if netif.lookup(self.options.service) is None:
             raise Unavailable(f"service interface {self.options.service} does not exist")
