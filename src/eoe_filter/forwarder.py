@@ -78,8 +78,6 @@ class Forwarder:
             undo.callback(net.close)
             service = relay.open_service(Context(options, netif, log, network))
             undo.callback(relay.release_service, service)
-            log.info("creating thread service to net")
-            log.info("net_fd is %d and service_fd is %d", net.fileno(), service.fileno())
             datapath = datapaths()[options.datapath](
                 DatapathContext(net, service, relay, self.counters, self._fail, log, options.debug))
             with self._signals():

@@ -72,6 +72,9 @@ class Forwarder:
 
 
 def start_forwarder(lab: Lab, ns: str, *args: str, ready: bool = True) -> Forwarder:
+    """Start a forwarder; EOE_TEST_DATAPATH runs the whole suite over another datapath."""
+    if os.environ.get("EOE_TEST_DATAPATH"):
+        args = (*args, "--datapath", os.environ["EOE_TEST_DATAPATH"])
     proc = lab.start(ns, [sys.executable, "-m", "eoe_filter", *args],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     fwd = Forwarder(proc)  # type: ignore[arg-type]

@@ -17,11 +17,31 @@ from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
 from eoe_filter.link import bpf_classic as bpf
-from eoe_filter.link.bpf_classic import (ACCEPT_WHOLE, BPF_ABS, BPF_B, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD,
-                                         BPF_RET, BPF_W, Insn, Label, assemble, jump, stmt)
+from eoe_filter.link.bpf_classic import (
+    ACCEPT_WHOLE,
+    BPF_ABS,
+    BPF_B,
+    BPF_JEQ,
+    BPF_JMP,
+    BPF_K,
+    BPF_LD,
+    BPF_RET,
+    BPF_W,
+    Insn,
+    Label,
+    assemble,
+    jump,
+    stmt,
+)
 from eoe_filter.wire.eoe import CONTROL_PROTOCOL, EoeHeader, OpCode, accepts_downstream
-from eoe_filter.wire.vlan import (DHCP_CLIENT_PORT, ETHERTYPE_IPV4, IPPROTO_UDP, TPID_8021AD, TPID_8021Q,
-                                  is_dhcp_client_frame)
+from eoe_filter.wire.vlan import (
+    DHCP_CLIENT_PORT,
+    ETHERTYPE_IPV4,
+    IPPROTO_UDP,
+    TPID_8021AD,
+    TPID_8021Q,
+    is_dhcp_client_frame,
+)
 
 EOE = bpf.eoe_downstream_filter()
 DHCP = bpf.dhcp_client_filter()

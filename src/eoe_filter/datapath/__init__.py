@@ -34,6 +34,12 @@ class Datapath(Protocol):
     def stop(self) -> None: ...
 
 
+def log_creating(ctx: DatapathContext) -> None:
+    """The original's lines before its threads start (a userspace datapath says them)."""
+    ctx.log.info("creating thread service to net")
+    ctx.log.info("net_fd is %d and service_fd is %d", ctx.net.fileno(), ctx.service.fileno())
+
+
 def log_waiting(ctx: DatapathContext) -> None:
     """The original's last start-up lines, once both directions run."""
     net, service = ctx.net.fileno(), ctx.service.fileno()

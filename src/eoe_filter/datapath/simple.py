@@ -20,7 +20,7 @@ from ..relays.base import Port
 from ..wire.drops import DropReason
 from ..wire.eoe import BUFFER_SIZE
 from ..wire.hexdump import hexdump
-from . import DatapathContext, log_waiting
+from . import DatapathContext, log_creating, log_waiting
 from .errors import MAYBE_GONE, send_drop_reason
 
 EditFn = Callable[[bytearray, int, int], "tuple[int, int] | DropReason"]
@@ -139,6 +139,7 @@ class SimpleDatapath:
         ]
 
     def start(self) -> None:
+        log_creating(self.ctx)
         for d in self.directions:
             d.start()
         log_waiting(self.ctx)

@@ -19,10 +19,17 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..wire.eoe import (CONTROL_OFFSET, CONTROL_PROTOCOL, INNER_TAGGED_ETHERTYPE_OFFSET,
-                        OP_CODE_SHIFT, OpCode)
-from ..wire.vlan import (DHCP_CLIENT_PORT, ETHERTYPE_IPV4, IPPROTO_UDP, TAG_LEN, TCI_OFFSET,
-                         TPID_8021Q, TPID_OFFSET, VID_MASK)
+from ..wire.eoe import CONTROL_OFFSET, CONTROL_PROTOCOL, INNER_TAGGED_ETHERTYPE_OFFSET, OP_CODE_SHIFT, OpCode
+from ..wire.vlan import (
+    DHCP_CLIENT_PORT,
+    ETHERTYPE_IPV4,
+    IPPROTO_UDP,
+    TAG_LEN,
+    TCI_OFFSET,
+    TPID_8021Q,
+    TPID_OFFSET,
+    VID_MASK,
+)
 from .abi import ABI
 
 # Instruction fields (linux/filter.h, linux/bpf_common.h).
