@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -78,6 +79,17 @@ class Lab:
             ipr.link("set", index=ipr.link_lookup(ifname=name_a)[0], state="up", mtu=mtu)
         with self.ipr(ns_b) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname=name_b)[0], state="up", mtu=mtu)
+        for ns, name in ((ns_a, name_a), (ns_b, name_b)):
+            self.wait_operstate(ns, name, "UP")
+
+    def wait_operstate(self, ns: str, name: str, state: str, timeout: float = 5.0) -> None:
+        """Wait for the kernel's link watch: a veth drops frames until it has activated the link."""
+        deadline = time.monotonic() + timeout
+        with self.ipr(ns) as ipr:
+            while ipr.get_links(ifname=name)[0].get("operstate") != state:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} in {ns} did not become {state}")
+                time.sleep(0.01)
 
     def command(self, ns: str, args: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", ns, *args]

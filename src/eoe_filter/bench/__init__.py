@@ -1,0 +1,1 @@
+"""Benchmark building blocks: traffic generator and sink, the C baseline, lab measurements."""
