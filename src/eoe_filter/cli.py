@@ -17,7 +17,8 @@ from .log import SYSLOG_SOCKET, setup
 from .wire.eoe import EoeHeader, parse_mac
 
 USAGE = "eoe_filter -n <network_itf> -t <service_itf> [-s] [-d[d]] [-E|-V] [-F] [options]\n" \
-        "       eoe_filter demo [--keep-going]"
+        "       eoe_filter demo\n" \
+        "       eoe_filter stats [SERVICE] [--watch] [--json]"
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {}
 
 
@@ -132,4 +133,10 @@ def _demo(argv: list[str]) -> int:
     return demo_main(argv)
 
 
+def _stats(argv: list[str]) -> int:
+    from .stats import main as stats_main
+    return stats_main(argv)
+
+
 SUBCOMMANDS["demo"] = _demo
+SUBCOMMANDS["stats"] = _stats

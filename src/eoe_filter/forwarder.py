@@ -6,9 +6,11 @@ import logging
 import os
 import signal
 import threading
+import time
 from contextlib import ExitStack
 
 from .config import Options
+from .control import AlreadyRunning, ControlServer
 from .counters import Counters
 from .datapath import DatapathContext, datapaths
 from .link.netif import IFF_NOARP, Link, NetIf
@@ -39,23 +41,28 @@ class Forwarder:
         self._stop_requested = False
         self._dump_requested = False
         self._fatal: str | None = None
+        self._started = time.time()
+        self._started_monotonic = time.monotonic()
 
     def run(self) -> int:
         """Forward until SIGTERM/SIGINT or a fatal condition; return the exit code."""
         with NetIf() as netif:
             try:
                 network = self._preflight(netif)
-            except Unavailable as e:
+                control = ControlServer(self.options.service, self.options.network)
+            except (Unavailable, AlreadyRunning) as e:
                 self.log.error("%s", e)
                 return EX_UNAVAILABLE
             try:
-                return self._serve(netif, network)
+                return self._serve(netif, network, control)
             except (TapError, Unavailable) as e:
                 self.log.error("%s", e)
                 return EX_UNAVAILABLE
             except PermissionError as e:
                 self.log.error("not permitted: %s (CAP_NET_ADMIN and CAP_NET_RAW are needed)", e.strerror)
                 return EX_UNAVAILABLE
+            finally:
+                control.close()
 
     def _preflight(self, netif: NetIf) -> Link:
         network = netif.lookup(self.options.network)
@@ -64,7 +71,18 @@ class Forwarder:
         self.relay.preflight(netif)
         return network
 
-    def _serve(self, netif: NetIf, network: Link) -> int:
+    def snapshot(self) -> dict[str, object]:
+        """What `eoe_filter stats` shows: read live from the shared counters."""
+        o = self.options
+        return {
+            "pid": os.getpid(), "relay": o.relay, "network": o.network, "service": o.service,
+            "datapath": o.datapath, "filter": o.filter, "started": self._started,
+            "uptime": time.monotonic() - self._started_monotonic, "time": time.time(),
+            "counters": {"net_to_service": self.counters.net_to_service.as_dict(),
+                         "service_to_net": self.counters.service_to_net.as_dict()},
+        }
+
+    def _serve(self, netif: NetIf, network: Link, control: ControlServer) -> int:
         log, options, relay = self.log, self.options, self.relay
         log.info("Starting forwarder application: eoe_filter")
         for line in relay.banner:
@@ -82,6 +100,7 @@ class Forwarder:
                 DatapathContext(net, service, relay, self.counters, self._fail, log, options.debug))
             with self._signals():
                 datapath.start()
+                control.serve(self.snapshot)
                 self._supervise(net)
                 datapath.stop()
             self._collect_queue_drops(net)

@@ -123,8 +123,11 @@ class EoeLab:
     sockets: list[socket.socket] = field(default_factory=list)
 
     def start(self, *args: str, ready: bool = True) -> Forwarder:
-        self.forwarder = start_forwarder(self.lab, self.ns, "-n", "net0", "-t", "tap0", "-E", *args, ready=ready)
+        self.forwarder = self.start_on("net0", "tap0", *args, ready=ready)
         return self.forwarder
+
+    def start_on(self, net: str, tap: str, *args: str, ready: bool = True) -> Forwarder:
+        return start_forwarder(self.lab, self.ns, "-n", net, "-t", tap, "-E", *args, ready=ready)
 
     def socket(self, ifname: str) -> socket.socket:
         sock = raw_socket(self.ns, ifname)

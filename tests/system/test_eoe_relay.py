@@ -7,6 +7,7 @@ import os
 import random
 import re
 import signal
+import sys
 import time
 
 import pytest
@@ -207,16 +208,34 @@ def test_persist_keeps_the_tap_and_an_existing_tap_is_reused_and_left(eoe_lab: E
 
 
 def test_a_tap_held_by_another_process_is_refused(eoe_lab: EoeLab):
+    from eoe_filter.lab import in_netns
+    from eoe_filter.link.tap import attach, open_clone
+    with in_netns(eoe_lab.ns):
+        holder = attach(open_clone(), "tap0", existed=False)  # like the C original still running
+    try:
+        out = eoe_lab.lab.run(eoe_lab.ns, [sys.executable, "-m", "eoe_filter", "-n", "net0", "-t", "tap0", "-E"])
+    finally:
+        holder.close()
+    assert out.returncode == 69
+    errors = out.stderr.strip().splitlines()
+    assert errors == ["eoe_filter: TAP tap0 is already attached to another process "
+                      "(another forwarder still running?); refusing to share it"]
+    assert "NOARP" not in link(eoe_lab, "net0")["flags"]
+
+
+@pytest.mark.parametrize(("net", "tap", "what"), [("net0", "tap0", "service interface tap0"),
+                                                  ("net0", "tap1", "network interface net0")])
+def test_a_second_forwarder_on_the_same_interfaces_is_refused(eoe_lab: EoeLab, net: str, tap: str, what: str):
     eoe_lab.start()
-    second = eoe_lab.lab.run(eoe_lab.ns, ["python3", "-m", "eoe_filter", "-n", "net0", "-t", "tap0", "-E"])
-    assert second.returncode != 0
-    errors = second.stderr.strip().splitlines()
-    assert len(errors) == 1 and "tap0" in errors[0] and "another process" in errors[0]
-    assert "Traceback" not in second.stderr
+    second = eoe_lab.lab.run(eoe_lab.ns, [sys.executable, "-m", "eoe_filter", "-n", net, "-t", tap, "-E"])
+    assert second.returncode == 69
+    assert second.stderr.strip().splitlines() == [
+        f"eoe_filter: another eoe_filter already forwards {what} in this network namespace"]
+    assert second.stdout == ""
 
 
 def test_missing_network_interface_is_refused_before_anything_changes(eoe_lab: EoeLab):
-    out = eoe_lab.lab.run(eoe_lab.ns, ["python3", "-m", "eoe_filter", "-n", "eth9", "-t", "tap0", "-E"])
+    out = eoe_lab.lab.run(eoe_lab.ns, [sys.executable, "-m", "eoe_filter", "-n", "eth9", "-t", "tap0", "-E"])
     assert out.returncode == 69
     assert out.stderr.strip().splitlines() == ["eoe_filter: network interface eth9 does not exist"]
     assert eoe_lab.lab.run(eoe_lab.ns, ["ip", "link", "show", "tap0"]).returncode != 0
