@@ -1,17 +1,101 @@
-"""What one forwarder process is asked to do, validated before anything is touched."""
+"""What one forwarder process is asked to do, from the command line and/or a TOML file.
+
+Every setting is declared once here, with the parser that validates it, so
+that the command line and `--config FILE` accept exactly the same things
+and report a bad value the same way: one line naming the key, exit 78.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
-from .wire.eoe import EoeHeader
+from .wire.eoe import EoeHeader, parse_mac
 
 
 class ConfigError(ValueError):
     """A bad option value: exit 78 (EX_CONFIG), so a supervisor does not restart a typo."""
 
 
-DATAPATHS = ("simple",)
+DATAPATHS = ("simple", "fast")
+RELAY_NAMES = ("eoe", "dhcp")
+
+
+def _int(value: object) -> int:
+    """Decimal or 0x-prefixed hexadecimal from the command line; an integer from TOML."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value), 0)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not true or false")
+    return value
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a string")
+    return value
+
+
+def _interface(value: object) -> str:
+    name = _str(value)
+    if not name or len(name) > 15 or "/" in name or name.strip() != name:
+        raise ValueError(f"{name!r} is not a valid interface name (1-15 characters)")
+    return name
+
+
+def _one_of(*choices: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return str(value)
+    return parse
+
+
+def _range(low: int, high: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        number = _int(value)
+        if not low <= number <= high:
+            raise ValueError(f"{number} is outside {low}..{high}")
+        return number
+    return parse
+
+
+def _mac(value: object) -> bytes:
+    return parse_mac(_str(value))
+
+
+SETTINGS: dict[str, Callable[[object], object]] = {
+    "network": _interface,
+    "service": _interface,
+    "relay": _one_of(*RELAY_NAMES),
+    "filter": _bool,
+    "syslog": _bool,
+    "syslog_socket": _str,
+    "debug": _range(0, 2),
+    "persist": _bool,
+    "tap_mtu": _range(68, 65535),
+    "datapath": _one_of(*DATAPATHS),
+}
+"""Top-level keys of the config file; the command line's options map onto the same names."""
+
+HEADER_SETTINGS: dict[str, tuple[str, Callable[[object], object]]] = {
+    "dmac": ("dst", _mac), "smac": ("src", _mac), "vid": ("vid", _int), "pcp": ("pcp", _int),
+    "dei": ("dei", _int), "op_code": ("op_code", _int), "downstream": ("downstream", _int),
+    "flag": ("flag", _int), "itf": ("itf", _int), "protocol_id": ("protocol_id", _int),
+}
+"""Keys of the config file's [eoe] table (the EOE header used on encapsulation)."""
+HEADER_TABLE = "eoe"
 
 
 @dataclass(frozen=True)
@@ -21,20 +105,68 @@ class Options:
     relay: str
     filter: bool = False
     syslog: bool = False
+    syslog_socket: str = "/dev/log"
     debug: int = 0
     persist: bool = False
     tap_mtu: int | None = None
     datapath: str = "simple"
     header: EoeHeader = field(default_factory=EoeHeader)
 
-    def __post_init__(self) -> None:
-        for name in ("network", "service"):
-            value = getattr(self, name)
-            if not value or len(value) > 15 or "/" in value or value.strip() != value:
-                raise ConfigError(f"{name}: {value!r} is not a valid interface name (1-15 characters)")
-        if self.network == self.service:
-            raise ConfigError(f"network and service interfaces are both {self.network!r}")
-        if self.tap_mtu is not None and not 68 <= self.tap_mtu <= 65535:
-            raise ConfigError(f"tap-mtu: {self.tap_mtu} is outside 68..65535")
-        if self.datapath not in DATAPATHS:
-            raise ConfigError(f"datapath: {self.datapath!r} is not one of {', '.join(DATAPATHS)}")
+
+REQUIRED = ("network", "service", "relay")
+
+
+def build_options(values: dict[str, object], header: dict[str, object], *,
+                  names: dict[str, str] | None = None) -> Options:
+    """Validate raw values (strings from the command line, TOML values from a file) into Options.
+
+    `names` spells a key ("tap_mtu", "eoe.vid") the way the user wrote it, for errors.
+    """
+    names = names or {}
+
+    def spelling(key: str) -> str:
+        return names.get(key, key)
+
+    parsed: dict[str, object] = {}
+    for key, raw in values.items():
+        try:
+            parsed[key] = SETTINGS[key](raw)
+        except ValueError as e:
+            raise ConfigError(f"{spelling(key)}: {e}") from None
+    fields_: dict[str, object] = {}
+    for key, raw in header.items():
+        name, parse = HEADER_SETTINGS[key]
+        try:
+            fields_[name] = parse(raw)
+            EoeHeader(**{name: fields_[name]})  # type: ignore[arg-type]
+        except ValueError as e:
+            why = str(e).removeprefix(f"{name}: ")
+            raise ConfigError(f"{spelling(HEADER_TABLE + '.' + key)}: {why}") from None
+    if parsed.get("network") is not None and parsed.get("network") == parsed.get("service"):
+        raise ConfigError(f"network and service interfaces are both {parsed['network']!r}")
+    return Options(**parsed, header=EoeHeader(**fields_))  # type: ignore[arg-type]
+
+
+def load_file(path: Path) -> tuple[dict[str, object], dict[str, object]]:
+    """(settings, [eoe] table) of a TOML config file; unknown keys are errors, not ignored."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    header = doc.pop(HEADER_TABLE, {})
+    if not isinstance(header, dict):
+        raise ConfigError(f"{path}: {HEADER_TABLE} must be a table ([{HEADER_TABLE}])")
+    for key in doc:
+        if key not in SETTINGS:
+            raise ConfigError(f"{path}: unknown key {key!r}")
+    for key in header:
+        if key not in HEADER_SETTINGS:
+            raise ConfigError(f"{path}: unknown key '{HEADER_TABLE}.{key}'")
+    return doc, header
+
+
+OPTION_FIELDS = frozenset(f.name for f in fields(Options))
+assert OPTION_FIELDS - {"header"} == set(SETTINGS), "every setting is an Options field"

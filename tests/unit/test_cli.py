@@ -57,7 +57,7 @@ def test_usage_errors_exit_64(argv, capsys):
     (["--datapath", "warp"], "datapath"),
 ])
 def test_bad_values_exit_78_naming_the_option(argv, key, capsys):
-    assert main(["-n", "eth0", "-t", "tap0", "-E", *argv]) == 78
+    assert main(["-n", "efnone0", "-t", "efnone1", "-E", *argv]) == 78  # never a real interface
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and key in err[0]
 

@@ -14,14 +14,12 @@ import os
 import re
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "contrib" / "systemd" / "eoe_filter@.service"
-EXAMPLE = ROOT / "contrib" / "systemd" / "example.toml"
 
 # What systemd prints for keys, sections or values it cannot use. It prints
 # these as warnings and still exits 0, so the exit code alone proves nothing.
@@ -158,15 +156,3 @@ def test_hardening_present():
     assert _one("RuntimeDirectory").split()[0].startswith("eoe_filter")
     # modprobe in ExecStartPre would be blocked by ProtectKernelModules.
     assert not any("modprobe" in v for v in d.get("ExecStartPre", []))
-
-
-def test_example_config_is_valid_toml():
-    cfg = tomllib.loads(EXAMPLE.read_text())
-    top = ("network", "service", "relay", "filter", "syslog", "debug", "persist", "tap_mtu", "datapath")
-    top += ("user",)
-    for key in top:
-        assert key in cfg, key
-    assert cfg["datapath"] in ("auto", "ebpf", "fast", "simple")
-    eoe = ("dmac", "smac", "vid", "pcp", "dei", "op_code", "downstream", "flag", "itf", "protocol_id")
-    for key in eoe:
-        assert key in cfg["eoe"], key
