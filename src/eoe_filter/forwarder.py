@@ -12,10 +12,11 @@ from contextlib import ExitStack
 from .config import Options
 from .control import AlreadyRunning, ControlServer
 from .counters import Counters
-from .datapath import DatapathContext, datapaths
+from .datapath import Datapath, DatapathContext, datapaths
 from .link.netif import IFF_NOARP, Link, NetIf
 from .link.packet_socket import PacketSocket
 from .link.tap import TapError
+from .notify import Notifier
 from .relays import RELAYS
 from .relays.base import Context, Relay, Unavailable, open_raw_side
 from .wire.drops import DropReason
@@ -27,6 +28,7 @@ EX_UNAVAILABLE = 69
 EX_CONFIG = 78
 
 STATS_INTERVAL = 0.5
+STATUS_INTERVAL = 5.0
 
 
 class Forwarder:
@@ -37,6 +39,7 @@ class Forwarder:
         self.counters = Counters()
         if options.filter:
             self.counters.net_to_service.uncounted = frozenset({DropReason.FILTERED})
+        self.notifier = Notifier.from_env()
         self._wake = threading.Event()
         self._stop_requested = False
         self._dump_requested = False
@@ -101,7 +104,9 @@ class Forwarder:
             with self._signals():
                 datapath.start()
                 control.serve(self.snapshot)
-                self._supervise(net)
+                self.notifier.ready()
+                self._supervise(net, datapath)
+                self.notifier.stopping()
                 datapath.stop()
             self._collect_queue_drops(net)
         log.info("%s", self.counters.render())
@@ -127,17 +132,30 @@ class Forwarder:
             netif.set_flag(link.index, IFF_NOARP, False)
             self.log.debug("ARP resolution restored on %s", network.name)
 
-    def _supervise(self, net: PacketSocket) -> None:
-        """The control loop: signals, counter dumps, the kernel's queue-drop counter."""
+    def _supervise(self, net: PacketSocket, datapath: Datapath) -> None:
+        """The control loop: signals, counter dumps, the kernel's queue-drop counter, systemd."""
+        watchdog = self.notifier.watchdog_interval() is not None
+        next_status = 0.0
         while True:
             self._wake.wait(STATS_INTERVAL)
             self._wake.clear()
             self._collect_queue_drops(net)
+            if watchdog and datapath.alive():
+                self.notifier.watchdog()
+            if time.monotonic() >= next_status:
+                next_status = time.monotonic() + STATUS_INTERVAL
+                self.notifier.status(self._status_line())
             if self._dump_requested:
                 self._dump_requested = False
                 self.log.info("%s", self.counters.render())
             if self._stop_requested or self._fatal is not None:
                 return
+
+    def _status_line(self) -> str:
+        o, c = self.options, self.counters
+        drops = sum(d.dropped(r) for d in c.directions for r in DropReason)
+        return (f"{o.network} <-> {o.service} ({o.relay}, {o.datapath}): {c.net_to_service.frames} frames in, "
+                f"{c.service_to_net.frames} out, {drops} dropped")
 
     def _collect_queue_drops(self, net: PacketSocket) -> None:
         try:

@@ -144,6 +144,9 @@ class SimpleDatapath:
             d.start()
         log_waiting(self.ctx)
 
+    def alive(self) -> bool:
+        return all(d.is_alive() for d in self.directions)
+
     def stop(self, timeout: float = 2.0) -> None:
         for d in self.directions:
             d.stopping = True
