@@ -21,6 +21,7 @@ from .wire.eoe import EoeHeader, format_mac
 USAGE = "eoe_filter -n <network_itf> -t <service_itf> [-s] [-d[d]] [-E|-V] [-F] [options]\n" \
         "       eoe_filter demo\n" \
         "       eoe_filter stats [SERVICE] [--watch] [--json]\n" \
+        "       eoe_filter cleanup\n" \
         "       eoe_filter doctor -n <network_itf> -t <service_itf> -E|-V [--vid VID]"
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {}
 
@@ -98,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="make the TAP persistent: it outlives the process")
     new.add_argument("--tap-mtu", metavar="BYTES", help="TAP MTU (default: network MTU - 18; "
                                                         "add 4 for inner VLAN sub-interfaces)")
+    new.add_argument("--wait-link", metavar="SECONDS",
+                     help="how long to wait for a deleted network interface to come back before exiting 69 "
+                          "(default: forever)")
     new.add_argument("--syslog-socket", metavar="PATH", help="the syslog socket for -s (default /dev/log)")
     new.add_argument("--datapath", metavar="NAME",
                      help=f"forwarding loop: {', '.join(DATAPATHS)} (default {Options.datapath})")
@@ -162,6 +166,12 @@ def _doctor(argv: list[str]) -> int:
     return doctor_main(argv)
 
 
+def _cleanup(argv: list[str]) -> int:
+    from .cleanup import main as cleanup_main
+    return cleanup_main(argv)
+
+
 SUBCOMMANDS["demo"] = _demo
+SUBCOMMANDS["cleanup"] = _cleanup
 SUBCOMMANDS["stats"] = _stats
 SUBCOMMANDS["doctor"] = _doctor

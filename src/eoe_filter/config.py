@@ -71,6 +71,18 @@ def _range(low: int, high: int) -> Callable[[object], int]:
     return parse
 
 
+def _seconds(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number of seconds")
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a number of seconds") from None
+    if not 0 < seconds < 1e9:
+        raise ValueError(f"{seconds:g} is not a positive number of seconds")
+    return seconds
+
+
 def _mac(value: object) -> bytes:
     return parse_mac(_str(value))
 
@@ -86,6 +98,7 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "persist": _bool,
     "tap_mtu": _range(68, 65535),
     "datapath": _one_of(*DATAPATHS),
+    "wait_link": _seconds,
 }
 """Top-level keys of the config file; the command line's options map onto the same names."""
 
@@ -110,6 +123,8 @@ class Options:
     persist: bool = False
     tap_mtu: int | None = None
     datapath: str = "simple"
+    wait_link: float | None = None
+    """How long a vanished network interface may stay away before we give up (None: forever)."""
     header: EoeHeader = field(default_factory=EoeHeader)
 
 

@@ -54,14 +54,14 @@ class NetIf:
             msgs = self._ipr.get_links(ifname=name)
         except NetlinkError:
             return None
-        return _link(msgs[0]) if msgs else None
+        return link_from_message(msgs[0]) if msgs else None
 
     def by_index(self, index: int) -> Link | None:
         try:
             msgs = self._ipr.get_links(index)
         except NetlinkError:
             return None
-        return _link(msgs[0]) if msgs else None
+        return link_from_message(msgs[0]) if msgs else None
 
     def set_up(self, index: int) -> None:
         self._ipr.link("set", index=index, state="up")
@@ -73,7 +73,7 @@ class NetIf:
         self._ipr.link("set", index=index, flags=flag if on else 0, change=flag)
 
 
-def _link(msg) -> Link:  # type: ignore[no-untyped-def]  # pyroute2 message
+def link_from_message(msg) -> Link:  # type: ignore[no-untyped-def]  # pyroute2 message
     kind = msg.get(("linkinfo", "kind"))
     tun = msg.get(("linkinfo", "data")) if kind == "tun" else None
     return Link(

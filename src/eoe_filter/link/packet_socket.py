@@ -65,11 +65,8 @@ class PacketSocket:
         self.sock.close()
 
     def gone(self) -> str | None:
-        """Why the interface is unusable for good (deleted under us), else None."""
-        try:
-            socket.if_indextoname(self.ifindex)
-        except OSError:
-            return f"network interface {self.ifname} was deleted"
+        """Never, for the forwarding loops: a deleted interface is the control loop's business,
+        which re-binds this very socket when the interface comes back."""
         return None
 
     def add_promiscuous(self, ifindex: int) -> None:

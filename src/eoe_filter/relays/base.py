@@ -75,6 +75,10 @@ class Relay(ABC):
     def open_service(self, ctx: Context) -> Port:
         """Open (and if needed create and bring up) the service side, logging as the original did."""
 
+    def follow_network_mtu(self, ctx: Context) -> int | None:
+        """Adapt the service side to the network interface's new MTU; the MTU set, if any."""
+        return None
+
     def release_service(self, port: Port) -> None:
         """Undo what open_service set up, at exit."""
         port.close()

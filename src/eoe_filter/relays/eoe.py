@@ -31,7 +31,6 @@ class EoeRelay(Relay):
     def __init__(self, options: Options) -> None:
         super().__init__(options)
         self._template = options.header.pack(0)
-        self._existed = False
 
     def preflight(self, netif: NetIf) -> None:
         if not os.path.exists(TUN_CLONE_DEVICE):
@@ -43,34 +42,45 @@ class EoeRelay(Relay):
             raise Unavailable(f"{self.options.service} exists and is not a TAP device")
         if existing.tun_multi_queue:
             raise Unavailable(f"TAP {self.options.service} is multi-queue; a single-queue TAP is needed")
-        self._existed = True
 
     def classic_filter(self) -> Program:
         return eoe_downstream_filter()
 
     def open_service(self, ctx: Context) -> Tap:
         log, name = ctx.log, self.options.service
+        existed = ctx.netif.lookup(name) is not None
         log.info("Opening clone device %s", TUN_CLONE_DEVICE)
         fd = open_clone()
         log.info("Socket of tap interface %s is %d", name, fd)
         log.info("Attaching socket %d to tap interface %s", fd, name)
-        tap = attach(fd, name, existed=self._existed)
+        tap = attach(fd, name, existed=existed)
         try:
             if self.options.persist:
                 tap.set_persist(True)
             link = ctx.netif.lookup(name)
             if link is None:
                 raise TapError(f"TAP {name} vanished while being set up")
-            mtu = self.options.tap_mtu or tap_mtu_for(ctx.network.mtu)
+            mtu = self._tap_mtu(ctx)
             ctx.netif.set_mtu(link.index, mtu)
             ctx.netif.set_up(link.index)
         except BaseException:
             tap.close()
             raise
         log.info("Tap interface %s is successfully created", name)
-        log.debug("%s %s, up, MTU %d%s", "attached to existing TAP" if self._existed else "created TAP",
+        log.debug("%s %s, up, MTU %d%s", "attached to existing TAP" if existed else "created TAP",
                   name, mtu, ", persistent" if self.options.persist else "")
         return tap
+
+    def _tap_mtu(self, ctx: Context) -> int:
+        return self.options.tap_mtu or tap_mtu_for(ctx.network.mtu)
+
+    def follow_network_mtu(self, ctx: Context) -> int | None:
+        link = ctx.netif.lookup(self.options.service)
+        if self.options.tap_mtu is not None or link is None:
+            return None
+        mtu = self._tap_mtu(ctx)
+        ctx.netif.set_mtu(link.index, mtu)
+        return mtu
 
     def net_to_service(self, buf: bytearray, start: int, end: int) -> Edit:
         if end - start < MIN_FRAME:
