@@ -99,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="make the TAP persistent: it outlives the process")
     new.add_argument("--tap-mtu", metavar="BYTES", help="TAP MTU (default: network MTU - 18; "
                                                         "add 4 for inner VLAN sub-interfaces)")
+    new.add_argument("--user", metavar="NAME",
+                     help="after opening the sockets and the TAP, run as NAME with only CAP_NET_ADMIN and "
+                          "CAP_NET_RAW (every process, workers included)")
+    new.add_argument("--accept-dmac", metavar="MAC[,MAC...]",
+                     help="take from the network only frames to these destination MACs (others: counted as "
+                          "filtered)")
+    new.add_argument("--accept-vid", metavar="VID[,VID...]",
+                     help="take from the network only frames whose outer 802.1Q tag has one of these VIDs")
     new.add_argument("--wait-link", metavar="SECONDS",
                      help="how long to wait for a deleted network interface to come back before exiting 69 "
                           "(default: forever)")

@@ -7,6 +7,7 @@ and report a bad value the same way: one line naming the key, exit 78.
 
 from __future__ import annotations
 
+import pwd
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -19,7 +20,7 @@ class ConfigError(ValueError):
     """A bad option value: exit 78 (EX_CONFIG), so a supervisor does not restart a typo."""
 
 
-DATAPATHS = ("simple", "fast")
+DATAPATHS = ("simple", "fast", "ebpf", "auto")
 RELAY_NAMES = ("eoe", "dhcp")
 
 
@@ -87,6 +88,25 @@ def _mac(value: object) -> bytes:
     return parse_mac(_str(value))
 
 
+def _list_of(parse: Callable[[object], object]) -> Callable[[object], frozenset[object]]:
+    """A TOML list, or a comma-separated command-line value."""
+    def parse_all(value: object) -> frozenset[object]:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not items:
+            raise ValueError(f"{value!r} is not a non-empty list")
+        return frozenset(parse(item.strip() if isinstance(item, str) else item) for item in items)
+    return parse_all
+
+
+def _user(value: object) -> str:
+    name = _str(value)
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError(f"no such user {name!r}") from None
+    return name
+
+
 SETTINGS: dict[str, Callable[[object], object]] = {
     "network": _interface,
     "service": _interface,
@@ -99,6 +119,9 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "tap_mtu": _range(68, 65535),
     "datapath": _one_of(*DATAPATHS),
     "wait_link": _seconds,
+    "user": _user,
+    "accept_dmac": _list_of(_mac),
+    "accept_vid": _list_of(_range(0, 4095)),
 }
 """Top-level keys of the config file; the command line's options map onto the same names."""
 
@@ -125,6 +148,10 @@ class Options:
     datapath: str = "simple"
     wait_link: float | None = None
     """How long a vanished network interface may stay away before we give up (None: forever)."""
+    user: str | None = None
+    """Run as this user once the sockets and the TAP are open, with only the capabilities needed."""
+    accept_dmac: frozenset[bytes] = frozenset()
+    accept_vid: frozenset[int] = frozenset()
     header: EoeHeader = field(default_factory=EoeHeader)
 
 
@@ -159,6 +186,8 @@ def build_options(values: dict[str, object], header: dict[str, object], *,
             raise ConfigError(f"{spelling(HEADER_TABLE + '.' + key)}: {why}") from None
     if parsed.get("network") is not None and parsed.get("network") == parsed.get("service"):
         raise ConfigError(f"network and service interfaces are both {parsed['network']!r}")
+    if parsed.get("datapath") == "ebpf" and int(parsed.get("debug") or 0) > 1:  # type: ignore[call-overload]
+        raise ConfigError("datapath ebpf: -dd hex dumps need every frame in userspace (use fast, simple or auto)")
     return Options(**parsed, header=EoeHeader(**fields_))  # type: ignore[arg-type]
 
 

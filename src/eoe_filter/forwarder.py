@@ -12,11 +12,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import pwd
 import select
 import signal
 import time
 from contextlib import ExitStack
 
+from . import privileges
 from .config import Options
 from .control import AlreadyRunning, ControlServer
 from .counters import Counters
@@ -35,6 +37,7 @@ EX_OK = 0
 EX_FAILURE = 1
 EX_USAGE = 64
 EX_UNAVAILABLE = 69
+EX_NOPERM = 77
 EX_CONFIG = 78
 
 TICK = 0.5
@@ -67,6 +70,11 @@ class Forwarder:
 
     def run(self) -> int:
         """Forward until SIGTERM/SIGINT or a fatal condition; return the exit code."""
+        lacking = privileges.missing(set(self.relay.capabilities))
+        if lacking:
+            self.log.error("missing %s: run as root, or grant %s to eoe_filter", " and ".join(lacking),
+                           " and ".join(lacking))
+            return EX_NOPERM
         with NetIf() as netif:
             try:
                 self.network = self._preflight(netif)
@@ -118,6 +126,8 @@ class Forwarder:
             undo.callback(self._release_network, netif)
             self.service = relay.open_service(self._context(netif))
             undo.callback(self._release_service)
+            if options.user is not None:
+                self._drop_privileges(options.user)
             with LinkMonitor() as monitor, self._signals():
                 self._start_datapath()
                 control.serve(self.snapshot)
@@ -149,7 +159,11 @@ class Forwarder:
         sock.add_promiscuous(link.index)
         self._recover_stale_state(netif, link)
         link = netif.by_index(link.index) or link
-        self.state.save(InterfaceState(link.name, link.index, bool(link.flags & IFF_NOARP), os.getpid()))
+        try:
+            self.state.save(InterfaceState(link.name, link.index, bool(link.flags & IFF_NOARP), os.getpid()))
+        except OSError as e:
+            self.log.warning("cannot record %s's flags under %s (%s): after a crash, restore ARP by hand",
+                             link.name, self.state.dir, e.strerror)
         if not link.flags & IFF_NOARP:
             netif.set_flag(link.index, IFF_NOARP, True)
 
@@ -173,6 +187,13 @@ class Forwarder:
             netif.set_flag(link.index, IFF_NOARP, False)
             self.log.debug("ARP resolution restored on %s", link.name)
         self.state.remove(saved.interface)
+
+    def _drop_privileges(self, user: str) -> None:
+        entry = pwd.getpwnam(user)
+        self.state.give_to(entry.pw_uid, entry.pw_gid)
+        privileges.drop_to(user, set(self.relay.capabilities))
+        self.log.debug("running as %s (uid %d) with %s", user, entry.pw_uid,
+                       ", ".join(privileges.CAP_NAMES[c] for c in sorted(self.relay.capabilities)))
 
     # --- the datapath and the service side --------------------------------------------------------
 
@@ -203,9 +224,9 @@ class Forwarder:
         if self.datapath is not None:
             self.log.warning("%s; re-creating it", self._service_lost)
             self._stop_datapath()
-            self._release_service()
+        assert self.service is not None
         try:
-            self.service = self.relay.open_service(self._context(netif))
+            self.service = self.relay.reopen_service(self._context(netif), self.service)
         except (Unavailable, TapError) as e:
             self.log.debug("service side not back yet: %s", e)
             return

@@ -59,6 +59,13 @@ class StateStore:
     def remove(self, interface: str) -> None:
         self._path(interface).unlink(missing_ok=True)
 
+    def give_to(self, uid: int, gid: int) -> None:
+        """Let an unprivileged forwarder (--user) keep its own records up to date."""
+        if self.dir.is_dir():
+            os.chown(self.dir, uid, gid)
+            for path in self.dir.glob("*.json"):
+                os.chown(path, uid, gid)
+
     def interfaces(self) -> list[str]:
         try:
             return sorted(p.stem for p in self.dir.glob("*.json"))

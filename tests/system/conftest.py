@@ -24,7 +24,13 @@ if os.geteuid() != 0:
     pytest.fail("system tests need root (network namespaces, TAP devices, raw sockets)", pytrace=False)
 
 pytestmark = pytest.mark.system
-LAST_STARTUP_LINE = "service to net thread is waiting for data"
+UNDER_EBPF = os.environ.get("EOE_TEST_DATAPATH") == "ebpf"
+LAST_STARTUP_LINE = "kernel datapath attached" if UNDER_EBPF else "service to net thread is waiting for data"
+
+
+def userspace_only(why: str) -> pytest.MarkDecorator:
+    """Skip under the eBPF datapath a test of behaviour it documents as different (`why`)."""
+    return pytest.mark.skipif(UNDER_EBPF, reason=f"eBPF datapath: {why}")
 
 
 class Forwarder:

@@ -14,7 +14,7 @@ import pytest
 
 from eoe_filter.wire.eoe import EoeHeader, encapsulate
 
-from .conftest import EoeLab, receive, receive_all
+from .conftest import LAST_STARTUP_LINE, EoeLab, receive, receive_all, userspace_only
 from .frames import eoe_frame, inner_frame
 
 ORIGINAL_STARTUP = [
@@ -43,6 +43,7 @@ def link(eoe_lab: EoeLab, name: str) -> dict:
     return json.loads(eoe_lab.ip("-j", "-d", "link", "show", name))[0]
 
 
+@userspace_only("no forwarding threads, so the original's thread lines give way to one 'attached' line")
 def test_startup_lines_and_tap_up_with_room_for_the_header(eoe_lab: EoeLab):
     fwd = eoe_lab.start()
     assert len(fwd.lines) == len(ORIGINAL_STARTUP)
@@ -241,6 +242,7 @@ def test_missing_network_interface_is_refused_before_anything_changes(eoe_lab: E
     assert eoe_lab.lab.run(eoe_lab.ns, ["ip", "link", "show", "tap0"]).returncode != 0
 
 
+@userspace_only("-dd hex dumps need every frame in userspace and are refused")
 def test_debug_lines_and_hex_dumps(eoe_lab: EoeLab):
     fwd = eoe_lab.start("-dd")
     peer, tap = eoe_lab.socket("peer0"), eoe_lab.socket("tap0")
@@ -262,7 +264,7 @@ def test_syslog_gets_the_lines_with_the_daemon_facility(eoe_lab: EoeLab, tmp_pat
         syslog.settimeout(5)
         fwd = eoe_lab.start("-s", "--syslog-socket", path, ready=False)
         messages = []
-        while not any(b"service to net thread is waiting" in m for m in messages):
+        while not any(LAST_STARTUP_LINE.encode() in m for m in messages):
             messages.append(syslog.recv(4096))
         assert fwd.lines == []
         assert messages[0].startswith(b"<30>eoe_filter[")  # facility daemon (3) * 8 + info (6)

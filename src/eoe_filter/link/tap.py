@@ -69,7 +69,6 @@ def attach(fd: int, name: str, *, existed: bool, multi_queue: bool = False) -> T
     try:
         fcntl.ioctl(fd, ABI.TUNSETIFF, abi.ifreq(name, flags))
     except OSError as e:
-        os.close(fd)
         raise TapError(_why(name, e.errno)) from None
     return Tap(name=name, fd=fd, created=not existed)
 

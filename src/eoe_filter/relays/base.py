@@ -18,6 +18,7 @@ from ..config import Options
 from ..link.bpf_classic import Program
 from ..link.netif import Link, NetIf
 from ..link.packet_socket import PacketSocket
+from ..wire.accept import AcceptRule
 from ..wire.drops import DropReason
 
 Edit = tuple[int, int] | DropReason
@@ -53,11 +54,23 @@ class Relay(ABC):
     """The original's first start-up lines for this relay."""
     promiscuous_noarp: ClassVar[bool]
     """The network interface goes promiscuous and NOARP while we run."""
+    capabilities: ClassVar[frozenset[int]]
+    """What this relay needs to run, and keeps after dropping to --user."""
     service_headroom: ClassVar[int] = 0
     """Free bytes the service -> net edit needs before the frame."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
+        rule = AcceptRule(options.accept_dmac, options.accept_vid)
+        if rule:  # shadow the method only when asked: no cost per frame otherwise
+            edit = self.net_to_service
+
+            def guarded(buf: bytearray, start: int, end: int) -> Edit:
+                if not rule.accepts(memoryview(buf)[start:end]):
+                    return DropReason.FILTERED
+                return edit(buf, start, end)
+
+            self.net_to_service = guarded  # type: ignore[method-assign]
 
     def startup_warnings(self) -> list[str]:
         """What the operator should know about this configuration before frames flow."""
@@ -74,6 +87,11 @@ class Relay(ABC):
     @abstractmethod
     def open_service(self, ctx: Context) -> Port:
         """Open (and if needed create and bring up) the service side, logging as the original did."""
+
+    def reopen_service(self, ctx: Context, port: Port) -> Port:
+        """Get the service side back after it vanished (raise Unavailable while it cannot be)."""
+        self.release_service(port)
+        return self.open_service(ctx)
 
     def follow_network_mtu(self, ctx: Context) -> int | None:
         """Adapt the service side to the network interface's new MTU; the MTU set, if any."""

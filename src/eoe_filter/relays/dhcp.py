@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..link.bpf_classic import Program, dhcp_client_filter
 from ..link.netif import NetIf
 from ..link.packet_socket import PacketSocket
+from ..privileges import CAP_NET_RAW
 from ..wire.vlan import TCI_OFFSET, dhcp_to_oam_vid, oam_to_dhcp_vid, rewrite_vid_into
 from .base import Context, Edit, Relay, Unavailable, open_raw_side, register
 
@@ -16,6 +17,7 @@ class DhcpRelay(Relay):
     name = "dhcp"
     banner = ("Enable dummy dhcp vlan.", "register DHCP relay done")
     promiscuous_noarp = False
+    capabilities = frozenset({CAP_NET_RAW})
 
     def startup_warnings(self) -> list[str]:
         if self.options.filter:

@@ -7,10 +7,11 @@ import os
 from ..config import Options
 from ..link.bpf_classic import Program, eoe_downstream_filter
 from ..link.netif import NetIf
+from ..privileges import CAP_NET_ADMIN, CAP_NET_RAW
 from ..link.tap import TUN_CLONE_DEVICE, Tap, TapError, attach, open_clone
 from ..wire.drops import DropReason
 from ..wire.eoe import HEADER_LEN, MIN_FRAME, MIN_INNER, encapsulate_into
-from .base import Context, Edit, Relay, Unavailable, register
+from .base import Context, Edit, Port, Relay, Unavailable, register
 
 NET_TO_TAP_MTU = 18
 """The TAP MTU is the network MTU minus the 18 bytes of the header's tagged Ethernet part."""
@@ -26,6 +27,7 @@ class EoeRelay(Relay):
     name = "eoe"
     banner = ("Enable EOE header handle.", "register EOE relay done")
     promiscuous_noarp = True
+    capabilities = frozenset({CAP_NET_ADMIN, CAP_NET_RAW})
     service_headroom = HEADER_LEN
 
     def __init__(self, options: Options) -> None:
@@ -53,22 +55,34 @@ class EoeRelay(Relay):
         fd = open_clone()
         log.info("Socket of tap interface %s is %d", name, fd)
         log.info("Attaching socket %d to tap interface %s", fd, name)
-        tap = attach(fd, name, existed=existed)
         try:
-            if self.options.persist:
-                tap.set_persist(True)
-            link = ctx.netif.lookup(name)
-            if link is None:
-                raise TapError(f"TAP {name} vanished while being set up")
-            mtu = self._tap_mtu(ctx)
-            ctx.netif.set_mtu(link.index, mtu)
-            ctx.netif.set_up(link.index)
+            tap = self._attach(ctx, fd, existed)
         except BaseException:
-            tap.close()
+            os.close(fd)
             raise
         log.info("Tap interface %s is successfully created", name)
-        log.debug("%s %s, up, MTU %d%s", "attached to existing TAP" if existed else "created TAP",
-                  name, mtu, ", persistent" if self.options.persist else "")
+        return tap
+
+    def reopen_service(self, ctx: Context, port: Port) -> Tap:
+        """The same fd again: a tun file whose device was deleted can attach anew, and unlike
+        /dev/net/tun (often mode 0600) it needs no privilege beyond CAP_NET_ADMIN to do so."""
+        assert isinstance(port, Tap)
+        return self._attach(ctx, port.fd, existed=False)
+
+    def _attach(self, ctx: Context, fd: int, existed: bool) -> Tap:
+        """Attach, make persistent if asked, set the MTU, bring up: a TAP that is down fails every write."""
+        name = self.options.service
+        tap = attach(fd, name, existed=existed)
+        if self.options.persist:
+            tap.set_persist(True)
+        link = ctx.netif.lookup(name)
+        if link is None:
+            raise TapError(f"TAP {name} vanished while being set up")
+        mtu = self._tap_mtu(ctx)
+        ctx.netif.set_mtu(link.index, mtu)
+        ctx.netif.set_up(link.index)
+        ctx.log.debug("%s %s, up, MTU %d%s", "attached to existing TAP" if existed else "created TAP",
+                      name, mtu, ", persistent" if self.options.persist else "")
         return tap
 
     def _tap_mtu(self, ctx: Context) -> int:
