@@ -12,8 +12,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .config import (DATAPATHS, HEADER_SETTINGS, HEADER_TABLE, REQUIRED, SETTINGS, ConfigError, Options,
-                     build_options, load_file)
+from .config import (
+    DATAPATHS,
+    HEADER_SETTINGS,
+    HEADER_TABLE,
+    REQUIRED,
+    SETTINGS,
+    ConfigError,
+    Options,
+    build_options,
+    load_file,
+)
 from .forwarder import EX_CONFIG, EX_USAGE, Forwarder
 from .log import setup
 from .wire.eoe import EoeHeader, format_mac

@@ -11,10 +11,10 @@ from __future__ import annotations
 import errno
 import socket
 
+from ..wire.vlan import TPID_8021Q, restore_tag_into
 from . import abi
 from .abi import ABI
 from .bpf_classic import Program, attach
-from ..wire.vlan import TPID_8021Q, restore_tag_into
 
 _ANC_SPACE = socket.CMSG_SPACE(abi.TPACKET_AUXDATA.size)
 _VLAN_VALID = abi.TP_STATUS_VLAN_VALID

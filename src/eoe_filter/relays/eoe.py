@@ -7,8 +7,8 @@ import os
 from ..config import Options
 from ..link.bpf_classic import Program, eoe_downstream_filter
 from ..link.netif import NetIf
-from ..privileges import CAP_NET_ADMIN, CAP_NET_RAW
 from ..link.tap import TUN_CLONE_DEVICE, Tap, TapError, attach, open_clone
+from ..privileges import CAP_NET_ADMIN, CAP_NET_RAW
 from ..wire.drops import DropReason
 from ..wire.eoe import HEADER_LEN, MIN_FRAME, MIN_INNER, encapsulate_into
 from .base import Context, Edit, Port, Relay, Unavailable, register
