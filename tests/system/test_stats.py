@@ -68,3 +68,33 @@ def test_watch_shows_rates(eoe_lab: EoeLab):
         watch.send_signal(signal.SIGINT)
         out, _ = watch.communicate(5)
     assert "frames/s" in out and out.count("tap0: relay eoe") >= 2
+
+
+def test_only_root_may_read_the_counters(eoe_lab: EoeLab):
+    import os
+    import pwd
+    import socket
+
+    from eoe_filter.control import service_endpoint
+    from eoe_filter.lab import in_netns
+
+    eoe_lab.start()
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    with in_netns(eoe_lab.ns):
+        pid = os.fork()
+        if pid == 0:  # the child: become nobody, then ask
+            try:
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.connect(b"\0" + service_endpoint("tap0").encode())
+                    os.write(write_end, sock.recv(4096))
+            finally:
+                os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 4096)
+    os.waitpid(pid, 0)
+    os.close(read_end)
+    assert json.loads(answer) == {"error": "permission denied: only root may read the counters"}
+    assert "counters" in json.loads(stats(eoe_lab, "tap0", "--json").stdout)
