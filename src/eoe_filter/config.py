@@ -116,7 +116,7 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "syslog_socket": _str,
     "debug": _range(0, 2),
     "persist": _bool,
-    "tap_mtu": _range(68, 65535),
+    "tap_mtu": _range(68, 65521),  # the tun driver refuses more (65535 - 14)
     "datapath": _one_of(*DATAPATHS),
     "wait_link": _seconds,
     "user": _user,

@@ -25,7 +25,8 @@ if os.geteuid() != 0:
 
 pytestmark = pytest.mark.system
 UNDER_EBPF = os.environ.get("EOE_TEST_DATAPATH") == "ebpf"
-LAST_STARTUP_LINE = "kernel datapath attached" if UNDER_EBPF else "service to net thread is waiting for data"
+USERSPACE_READY, KERNEL_READY = "service to net thread is waiting for data", "kernel datapath attached"
+LAST_STARTUP_LINE = KERNEL_READY if UNDER_EBPF else USERSPACE_READY
 
 
 def userspace_only(why: str) -> pytest.MarkDecorator:
@@ -78,14 +79,18 @@ class Forwarder:
 
 
 def start_forwarder(lab: Lab, ns: str, *args: str, ready: bool = True) -> Forwarder:
-    """Start a forwarder; EOE_TEST_DATAPATH runs the whole suite over another datapath."""
-    if os.environ.get("EOE_TEST_DATAPATH"):
+    """Start a forwarder; EOE_TEST_DATAPATH runs the whole suite over another datapath.
+
+    A test that names its datapath itself keeps it.
+    """
+    if os.environ.get("EOE_TEST_DATAPATH") and "--datapath" not in args:
         args = (*args, "--datapath", os.environ["EOE_TEST_DATAPATH"])
+    datapath = args[args.index("--datapath") + 1] if "--datapath" in args else ""
     proc = lab.start(ns, [sys.executable, "-m", "eoe_filter", *args],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     fwd = Forwarder(proc)  # type: ignore[arg-type]
     if ready:
-        fwd.wait_for(LAST_STARTUP_LINE)
+        fwd.wait_for(KERNEL_READY if datapath == "ebpf" else USERSPACE_READY)
     return fwd
 
 

@@ -7,7 +7,7 @@ import pwd
 import sys
 import time
 
-from .conftest import EoeLab, receive, receive_all
+from .conftest import EoeLab, receive, receive_all, userspace_only
 from .frames import eoe_frame, inner_frame
 
 NET_ADMIN_AND_RAW = (1 << 12) | (1 << 13)
@@ -32,6 +32,7 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+@userspace_only("loading kernel programs needs CAP_BPF, which --user drops: ebpf refuses, auto falls back")
 def test_user_keeps_only_net_admin_and_net_raw_in_every_process(eoe_lab: EoeLab):
     nobody = pwd.getpwnam("nobody")
     fwd = eoe_lab.start("--user", "nobody")

@@ -15,7 +15,8 @@ from .base import Context, Edit, Port, Relay, Unavailable, register
 
 NET_TO_TAP_MTU = 18
 """The TAP MTU is the network MTU minus the 18 bytes of the header's tagged Ethernet part."""
-MAX_TAP_MTU = 65535
+MAX_TAP_MTU = 65521
+"""The tun driver's max_mtu (65535 - ETH_HLEN): it refuses anything larger with EINVAL."""
 
 
 def tap_mtu_for(network_mtu: int) -> int:
