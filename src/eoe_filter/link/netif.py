@@ -66,6 +66,9 @@ class NetIf:
     def set_up(self, index: int) -> None:
         self._ipr.link("set", index=index, state="up")
 
+    def set_tx_queue(self, index: int, frames: int) -> None:
+        self._ipr.link("set", index=index, txqlen=frames)
+
     def set_mtu(self, index: int, mtu: int) -> None:
         self._ipr.link("set", index=index, mtu=mtu)
 
