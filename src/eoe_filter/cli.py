@@ -30,6 +30,7 @@ from .wire.eoe import EoeHeader, format_mac
 USAGE = "eoe_filter -n <network_itf> -t <service_itf> [-s] [-d[d]] [-E|-V] [-F] [options]\n" \
         "       eoe_filter demo\n" \
         "       eoe_filter stats [SERVICE] [--watch] [--json]\n" \
+        "       eoe_filter bench [--quick] [--datapaths LIST] [--sizes LIST] [--repeat N] [--json] [--chart PNG]\n" \
         "       eoe_filter cleanup\n" \
         "       eoe_filter doctor -n <network_itf> -t <service_itf> -E|-V [--vid VID]"
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {}
@@ -178,6 +179,11 @@ def _stats(argv: list[str]) -> int:
     return stats_main(argv)
 
 
+def _bench(argv: list[str]) -> int:
+    from .bench.command import main as bench_main
+    return bench_main(argv)
+
+
 def _doctor(argv: list[str]) -> int:
     from .doctor import main as doctor_main
     return doctor_main(argv)
@@ -191,4 +197,5 @@ def _cleanup(argv: list[str]) -> int:
 SUBCOMMANDS["demo"] = _demo
 SUBCOMMANDS["cleanup"] = _cleanup
 SUBCOMMANDS["stats"] = _stats
+SUBCOMMANDS["bench"] = _bench
 SUBCOMMANDS["doctor"] = _doctor

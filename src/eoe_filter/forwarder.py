@@ -220,9 +220,9 @@ class Forwarder:
         self._wake()
 
     def _restore_service(self, netif: NetIf) -> None:
-        """Re-create (or re-open) the service side after it vanished, and restart the datapath."""
+        """Restart the datapath after a loop gave up, re-creating the service side if it vanished."""
         if self.datapath is not None:
-            self.log.warning("%s; re-creating it", self._service_lost)
+            self.log.warning("%s; restarting the datapath", self._service_lost)
             self._stop_datapath()
         assert self.service is not None
         try:

@@ -32,6 +32,9 @@ class DatapathContext:
 class Datapath(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
+    def alive(self) -> bool:
+        """Every forwarding loop still runs (what the systemd watchdog vouches for)."""
+        ...
 
 
 def log_creating(ctx: DatapathContext) -> None:
@@ -50,5 +53,24 @@ def log_waiting(ctx: DatapathContext) -> None:
 
 
 def datapaths() -> dict[str, Callable[[DatapathContext], Datapath]]:
+    from .ebpf import EbpfDatapath
+    from .fast import FastDatapath
     from .simple import SimpleDatapath
-    return {"simple": SimpleDatapath}
+    return {"simple": SimpleDatapath, "fast": FastDatapath, "ebpf": EbpfDatapath, "auto": auto}
+
+
+def auto(ctx: DatapathContext) -> Datapath:
+    """The kernel datapath where the kernel and the options allow it, else the fast userspace one.
+
+    The choice and its reason are logged: one line naming what is missing.
+    """
+    from ..relays.base import Unavailable
+    from .ebpf import EbpfDatapath
+    from .fast import FastDatapath
+    try:
+        chosen: Datapath = EbpfDatapath(ctx)
+    except Unavailable as e:
+        ctx.log.info("datapath auto: fast, because %s", e)
+        return FastDatapath(ctx)
+    ctx.log.info("datapath auto: ebpf")
+    return chosen

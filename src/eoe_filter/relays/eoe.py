@@ -72,6 +72,8 @@ class EoeRelay(Relay):
         """The same fd again: a tun file whose device was deleted can attach anew, and unlike
         /dev/net/tun (often mode 0600) it needs no privilege beyond CAP_NET_ADMIN to do so."""
         assert isinstance(port, Tap)
+        if port.gone() is None:  # still attached: only the datapath needed restarting
+            return port
         return self._attach(ctx, port.fd, existed=False)
 
     def _attach(self, ctx: Context, fd: int, existed: bool) -> Tap:
