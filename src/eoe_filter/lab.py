@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -17,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from pyroute2 import IPRoute, netns
+
+from .state import STATE_ROOT
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -115,6 +118,8 @@ class Lab:
         self.processes.clear()
         for name in reversed(self.namespaces):
             try:
+                # a forwarder SIGKILLed in it left crash-recovery records; a later namespace may reuse the inode
+                shutil.rmtree(STATE_ROOT / f"netns-{os.stat(f'/run/netns/{name}').st_ino}", ignore_errors=True)
                 netns.remove(name)
             except OSError:
                 pass
