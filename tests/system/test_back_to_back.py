@@ -22,13 +22,17 @@ def test_ping_and_iperf3_through_two_forwarders(lab: Lab):
     fwd_board = start_forwarder(lab, board, "-n", "eth0", "-t", "tap-fwd", "-E", "-F")
     lab.run(board, ["ip", "addr", "add", "169.254.17.4/24", "dev", "tap-fwd"], check=True)
     lab.run(switch, ["ip", "addr", "add", "169.254.17.1/24", "dev", "tap-fwd"], check=True)
-    ping = lab.run(board, ["ping", "-c", "50", "-i", "0.01", "-W", "1", "169.254.17.1"])
+    ping = lab.run(board, ["ping", "-c", "50", "-i", "0.01", "-W", "2", "169.254.17.1"])
     assert " 0% packet loss" in ping.stdout, ping.stdout
     server = lab.start(switch, ["iperf3", "-s", "-1", "-B", "169.254.17.1"], stdout=subprocess.DEVNULL)
-    time.sleep(0.5)
-    client = lab.run(board, ["iperf3", "-c", "169.254.17.1", "-t", "3", "-J"], timeout=30)
+    deadline = time.monotonic() + 10
+    while True:  # the server may take a moment to listen on a busy machine
+        client = lab.run(board, ["iperf3", "-c", "169.254.17.1", "-t", "3", "-J"], timeout=30)
+        result = json.loads(client.stdout)
+        if "error" not in result or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     server.wait(10)
-    result = json.loads(client.stdout)
     received = result["end"]["sum_received"]["bytes"]
     assert received > 1_000_000, client.stdout[-500:]
     for fwd in (fwd_board, fwd_switch):
