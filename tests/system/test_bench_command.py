@@ -71,7 +71,7 @@ def test_every_row_is_measured(bench: tuple[dict, str, int, int]) -> None:
         assert r["delivered_fps"]["median"] > 0, where
         assert r["delivered_bps"]["median"] == pytest.approx(r["delivered_fps"]["median"] * size * 8), where
         assert r["offered_fps"]["median"] > 0, where
-        assert r["ratio_to_c"] > 0 and r["ratio_to_kernel"] > 0, where
+        assert (r["ratio_to_c"] or 0) > 0 and (r["ratio_to_kernel"] or 0) > 0, (where, r["flags"])
         assert all(run["counts_match"] for run in r["runs"]), \
             (where, [(run["forwarder_frames"], run["sink_frames"], run["sink_drops"]) for run in r["runs"]])
         assert not [f for f in r["flags"] if f.startswith(("count mismatch", "more frames"))], \
