@@ -72,5 +72,5 @@ def auto(ctx: DatapathContext) -> Datapath:
     except Unavailable as e:
         ctx.log.info("datapath auto: fast, because %s", e)
         return FastDatapath(ctx)
-    ctx.log.info("datapath auto: ebpf")
+    ctx.log.info("datapath auto: ebpf, because the kernel took every program")
     return chosen

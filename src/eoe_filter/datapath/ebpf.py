@@ -47,7 +47,7 @@ from ..counters import Counters, DirectionCounters
 from ..ebpf import programs as P
 from ..ebpf import syscall as sc
 from ..ebpf.asm import HELPER_NAMES, assemble, encode
-from ..ebpf.attach import AttachError, Attacher, Hook, Interface
+from ..ebpf.attach import Attacher, AttachError, Hook, Interface
 from ..ebpf.netdev import LinkWatch, Segmenter, strips_vlan_tags
 from ..link.netif import IFF_UP
 from ..link.packet_socket import PacketSocket
@@ -60,9 +60,12 @@ from . import DatapathContext
 from .simple import Direction
 
 SYNC_INTERVAL = 0.1
+"""How stale the shared counters (SIGUSR1, `stats`; the exit summary is exact) may be, in seconds."""
 SETTLE = 0.02
 """Ample time for a frame redirected into the TAP to land there (a softirq's backlog run)."""
-"""How stale the shared counters (SIGUSR1, `stats`, the exit summary is exact) may be, in seconds."""
+PARKED_PROTOCOL = 0x05FF
+"""Below 0x0600 an Ethernet type field is a length, and the stack files such frames as 802.2/802.3
+(ETH_P_802_2, ETH_P_802_3): no frame is ever of protocol 0x05ff. (Binding to 0 would keep the old one.)"""
 ATTACH_ENV = "EOE_FILTER_BPF_ATTACH"
 """Force how programs are attached: "link" (BPF links) or "netlink" (clsact filters, IFLA_XDP); unset probes."""
 _U64 = (1 << 64) - 1
@@ -181,15 +184,16 @@ class EbpfDatapath:
     def _mute(self, mute: bool) -> None:
         """Stop (or restart) the forwarder's raw sockets receiving: packet taps run before tc ingress.
 
-        A socket bound to protocol 0 gets nothing and costs nothing per frame;
-        it still sends, and its promiscuous membership stays.
+        Muted, a socket is bound to a protocol no Ethernet frame carries: it
+        gets nothing and costs nothing per frame, still sends, and keeps its
+        promiscuous membership.
         """
         for port in (self.ctx.net, self.ctx.service):
             if not isinstance(port, PacketSocket):
                 continue
             try:
                 if mute:
-                    port.sock.bind((port.ifname, 0))
+                    port.sock.bind((port.ifname, PARKED_PROTOCOL))
                 else:
                     port.bind(port.ifname, port.ifindex)
             except OSError as e:  # the interface is gone: the forwarder binds again when it comes back

@@ -54,11 +54,9 @@ PSEUDO_MAP_FD = 1
 """src_reg of an `lddw` whose immediate is a map file descriptor."""
 
 HELPERS: dict[str, int] = {
-    "map_lookup_elem": 1, "map_update_elem": 2, "get_smp_processor_id": 8, "skb_store_bytes": 9,
-    "clone_redirect": 13, "skb_vlan_push": 18, "skb_vlan_pop": 19, "redirect": 23, "skb_load_bytes": 26,
-    "skb_change_tail": 38, "skb_pull_data": 39, "skb_change_head": 43, "xdp_adjust_head": 44,
-    "skb_adjust_room": 50, "xdp_adjust_meta": 54, "xdp_adjust_tail": 65, "check_mtu": 163,
-    "xdp_get_buff_len": 188,
+    "map_lookup_elem": 1, "skb_store_bytes": 9, "clone_redirect": 13, "skb_vlan_push": 18, "skb_vlan_pop": 19,
+    "redirect": 23, "skb_change_tail": 38, "skb_change_head": 43, "xdp_adjust_head": 44, "xdp_adjust_meta": 54,
+    "check_mtu": 163,
 }
 """Helper numbers (the order of __BPF_FUNC_MAPPER in linux/bpf.h, stable kernel ABI)."""
 HELPER_NAMES = {number: name for name, number in HELPERS.items()}

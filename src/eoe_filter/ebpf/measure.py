@@ -12,6 +12,9 @@ Run as root: `python -m eoe_filter.ebpf.measure [--rate N] [--seconds S] [--repe
   inner frames, one direction at a time, minus the same for a plain veth
   pair (generator and sink alone), per delivered frame. Other load on the
   machine is left out, except what it takes of ksoftirqd.
+  For the eBPF datapath, the time spent in its programs themselves (the
+  kernel's run-time statistics) is shown too: the rest is the kernel's own
+  work on the frames (XDP on a veth, skbs, the TAP's receive path).
 * Latency: one-way p50/p99 at a low rate in small batches, as the sink sees it.
 * TCP: iperf3 through two forwarders back to back, against a plain veth pair.
 """
@@ -23,6 +26,7 @@ import functools
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -34,9 +38,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..bench.cbuild import build_c_original
-from ..bench.lab_measure import EOE_HDR, INNER_SEQ, INNER_TS, eoe_frame, inner_frame, stop_c_original, wait_ready
+from ..bench.lab_measure import (
+    EOE_HDR,
+    INNER_SEQ,
+    INNER_TS,
+    eoe_frame,
+    inner_frame,
+    stop_c_original,
+    wait_ready,
+)
 from ..bench.traffic import Generator, InNetns, Sink, socket_offset
-from ..lab import Lab
+from ..lab import Lab, in_netns
+from . import syscall as sc
 
 PREFIX = "efebpf"
 NET, PEER, TAP = "net0", "peer0", "tapm"
@@ -124,12 +137,32 @@ def forwarder(lab: Lab, ns: str, name: str, binary: Path | None) -> Iterator[lis
             proc.communicate(timeout=10)
 
 
+def attached_programs(lab: Lab, ns: str) -> list[int]:
+    """IDs of the programs attached to the interfaces of `ns`: tcx and XDP."""
+    with in_netns(ns):
+        interfaces = socket.if_nameindex()
+        found = [prog for index, _ in interfaces for kind in (sc.ATTACH_TCX_INGRESS, sc.ATTACH_TCX_EGRESS)
+                 for prog in sc.query_programs(index, kind)]
+    for _, name in interfaces:
+        link = json.loads(lab.run(ns, ["ip", "-j", "-d", "link", "show", name]).stdout)[0]
+        if "xdp" in link:
+            found.append(link["xdp"]["prog"]["id"])
+    return found
+
+
+def program_time(ids: list[int]) -> float:
+    """Seconds the programs ran (helpers included) while run-time statistics were on."""
+    return sum(sc.program_info_by_id(i).run_time_ns for i in ids) / 1e9
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
     delivered: int
     cpu: float
     """Seconds of CPU: generator and sink threads, forwarder processes, ksoftirqd."""
     forwarder_cpu: float
+    programs: float
+    """Seconds in the eBPF programs themselves (0 for the others)."""
     p50_us: float | None
     p99_us: float | None
 
@@ -164,24 +197,30 @@ def run(name: str, way: str, *, rate: float, seconds: float, batch: int, binary:
             sink = (peer, functools.partial(Sink, PEER, seq_offset=tagged[0], ts_offset=tagged[1]))
         with forwarder(lab, dut, name, binary) as pids, InNetns(*sink, cpu=cpu) as s, InNetns(*gen, cpu=cpu) as g:
             time.sleep(0.5)
-            fwd0, soft0 = cpu_seconds(pids)[0], cpu_seconds(ksoftirqd(cpu))[0]
-            s.start(idle=1.0, duration=seconds + 10)
-            g.start(duration=seconds, rate=rate)
-            sent = g.result(seconds + 30)
-            received = s.result(30)
-            fwd = cpu_seconds(pids)[0] - fwd0
-            soft = cpu_seconds(ksoftirqd(cpu))[0] - soft0
+            programs = attached_programs(lab, dut) if name == "ebpf" else []
+            stats = sc.enable_stats()
+            try:
+                fwd0, soft0, prog0 = cpu_seconds(pids)[0], cpu_seconds(ksoftirqd(cpu))[0], program_time(programs)
+                s.start(idle=1.0, duration=seconds + 10)
+                g.start(duration=seconds, rate=rate)
+                sent = g.result(seconds + 30)
+                received = s.result(30)
+                fwd = cpu_seconds(pids)[0] - fwd0
+                soft = cpu_seconds(ksoftirqd(cpu))[0] - soft0
+                prog = program_time(programs) - prog0
+            finally:
+                os.close(stats)
     latency = received.latency
     cpu_time = sent.cpu_user + sent.cpu_sys + received.cpu_user + received.cpu_sys + fwd + soft
-    return Run(received.frames, cpu_time, fwd, latency.p50 / 1000 if latency else None,
+    return Run(received.frames, cpu_time, fwd, prog, latency.p50 / 1000 if latency else None,
                latency.p99 / 1000 if latency else None)
 
 
 def cpu_table(rate: float, seconds: float, repeats: int, binary: Path | None,
               forwarders: list[str], ways: list[str]) -> list[str]:
-    lines = [f"CPU per frame at {rate:,.0f} frames/s offered for {seconds:g} s, 64-byte inner frames "
-             "(CPU of everything the traffic touches, minus the plain veth's, per delivered frame; other load "
-             f"only adds, so the least of {repeats} runs is the estimate, the median follows)"]
+    lines = [(f"CPU per frame at {rate:,.0f} frames/s offered for {seconds:g} s, 64-byte inner frames "
+              "(CPU of everything the traffic touches, minus the plain veth's, per delivered frame; other load "
+              f"only adds, so the least of {repeats} runs is the estimate, the median follows)")]
     names = ["veth", *(f for f in forwarders if f != "c" or binary is not None)]
     for way in ways:
         runs: dict[str, list[Run]] = {name: [] for name in names}
@@ -196,8 +235,10 @@ def cpu_table(rate: float, seconds: float, repeats: int, binary: Path | None,
             cost[name] = per_frame[name][0] - base
             median = statistics.median(per_frame[name]) - base_median
             own = min(r.forwarder_cpu / r.delivered for r in runs[name])
+            programs = min(r.programs / r.delivered for r in runs[name])
             lines.append(f"  {way:<10} {name:<5} delivered {frames:>9,.0f}  cpu {cost[name] * 1e9:6.0f} ns/frame "
-                         f"(median {median * 1e9:6.0f}; in its own processes {own * 1e9:5.0f})")
+                         f"(median {median * 1e9:6.0f}; in its own processes {own * 1e9:5.0f}"
+                         + (f"; in its eBPF programs, helpers included, {programs * 1e9:5.0f})" if programs else ")"))
         lines.append(f"  {way:<10} veth  alone {base * 1e9:6.0f} ns/frame (generator and sink)")
         if "c" in cost and "ebpf" in cost:
             lines.append(f"  {way:<10} ebpf / c = {cost['ebpf'] / cost['c']:.2f}")

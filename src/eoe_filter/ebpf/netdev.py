@@ -58,7 +58,7 @@ class LinkWatch:
 
     def events(self) -> list[LinkEvent]:
         """Everything queued now. After an overflow (ENOBUFS) the caller must re-read the state itself."""
-        found = []
+        found: list[LinkEvent] = []
         while True:
             try:
                 data = self.sock.recv(1 << 16)

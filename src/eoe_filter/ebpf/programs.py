@@ -41,10 +41,8 @@ from ..wire import eoe, vlan
 from ..wire.accept import AcceptRule
 from ..wire.drops import DropReason
 from .asm import (
-    B,
     DW,
     FP,
-    H,
     R0,
     R1,
     R2,
@@ -55,10 +53,12 @@ from .asm import (
     R7,
     R8,
     R9,
-    W,
+    B,
+    H,
     Item,
     Label,
     Reg,
+    W,
     add,
     and_,
     call,
@@ -78,7 +78,12 @@ from .asm import (
     sub,
     to_be,
 )
-from .syscall import MAP_TYPE_ARRAY, MAP_TYPE_PERCPU_ARRAY, PROG_TYPE_SCHED_CLS, PROG_TYPE_XDP
+from .syscall import (
+    MAP_TYPE_ARRAY,
+    MAP_TYPE_PERCPU_ARRAY,
+    PROG_TYPE_SCHED_CLS,
+    PROG_TYPE_XDP,
+)
 
 
 class SkBuff(ctypes.Structure):
@@ -120,7 +125,6 @@ TC_ACT_SHOT = 2
 XDP_DROP, XDP_PASS = 1, 2
 BPF_F_INGRESS = 1
 
-ETHERTYPE_IPV6 = 0x86DD
 IPV4_FRAGMENT = 6  # be16 flags + fragment offset, in the IPv4 header
 IPV4_FRAGMENT_OFFSET_MASK = 0x1FFF
 IPV4_PROTOCOL = 9
@@ -233,11 +237,11 @@ def _wire_length(into: Reg) -> list[Item]:
 def _send(ifindex: int, flags: int) -> list[Item]:
     """Hand a copy of the skb in R6 to `ifindex` now, count by the kernel's answer, drop the original.
 
-    bpf_clone_redirect transmits (or injects) before it returns, so a frame
-    the kernel refuses is counted where bpf_redirect would lose it: ENETDOWN
-    is a down network device; anything else goes to SLOT_REFUSED. R7 holds
-    the frame's wire length. The original is dropped either way: the copy is what travels (and
-    every caller runs at tc ingress, where no sender sees the verdict).
+    bpf_clone_redirect transmits before it returns, so a frame the kernel
+    refuses is counted where bpf_redirect would lose it: ENETDOWN is a down
+    network device, anything else goes to SLOT_REFUSED. R7 holds the frame's
+    wire length. The original is dropped either way, the copy is what
+    travels; every caller runs at tc ingress, where no sender sees that.
     """
     return [
         mov(R1, R6), mov(R2, ifindex), mov(R3, flags), call("clone_redirect"),
@@ -336,7 +340,7 @@ def eoe_decap_xdp(accept_filter: bool, rule: AcceptRule) -> ProgramSpec:
         *_bump(SLOT_FRAMES), *_bump(SLOT_BYTES, R7), mov(R0, XDP_DROP), exit_(),
         Label("meta"),
         ldx(DW, R1, R9, 8 * SLOT_SEQUENCE), add(R1, 1), stx(DW, R9, 8 * SLOT_SEQUENCE, R1),
-        stx(DW, FP, -16, R4),
+        lsh(R1, 1), or_(R4, R1), stx(DW, FP, -16, R4),
         mov(R1, R6), mov(R2, -META_LEN), call("xdp_adjust_meta"), jump_if(R0, "!=", 0, "other"),
         mov(R1, R6), mov(R2, eoe.HEADER_LEN), call("xdp_adjust_head"), jump_if(R0, "!=", 0, "undo_meta"),
         ldx(W, R2, R6, xdp("data_meta")), ldx(W, R3, R6, xdp("data")),

@@ -19,10 +19,12 @@ from functools import cache
 # Commands, program, map and attach types (linux/bpf.h; kernel ABI, stable).
 BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM = 0, 1, 2
 BPF_PROG_LOAD = 5
+BPF_PROG_GET_NEXT_ID = 11
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
 BPF_LINK_CREATE = 28
+BPF_ENABLE_STATS = 32
 
 PROG_TYPE_SCHED_CLS = 3
 PROG_TYPE_XDP = 6
@@ -141,14 +143,24 @@ class _InfoByFd(ctypes.Structure):
 
 
 class _ProgInfo(ctypes.Structure):
-    """The head of struct bpf_prog_info, up to its name: the kernel fills what fits."""
+    """The head of struct bpf_prog_info, up to its run-time statistics: the kernel fills what fits."""
 
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
                 ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
                 ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
                 ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32),
                 ("nr_map_ids", ctypes.c_uint32), ("map_ids", ctypes.c_uint64),
-                ("name", ctypes.c_char * OBJ_NAME_LEN)]
+                ("name", ctypes.c_char * OBJ_NAME_LEN), ("ifindex", ctypes.c_uint32),
+                ("gpl_compatible", ctypes.c_uint32), ("netns_dev", ctypes.c_uint64),
+                ("netns_ino", ctypes.c_uint64), ("nr_jited_ksyms", ctypes.c_uint32),
+                ("nr_jited_func_lens", ctypes.c_uint32), ("jited_ksyms", ctypes.c_uint64),
+                ("jited_func_lens", ctypes.c_uint64), ("btf_id", ctypes.c_uint32),
+                ("func_info_rec_size", ctypes.c_uint32), ("func_info", ctypes.c_uint64),
+                ("nr_func_info", ctypes.c_uint32), ("nr_line_info", ctypes.c_uint32),
+                ("line_info", ctypes.c_uint64), ("jited_line_info", ctypes.c_uint64),
+                ("nr_jited_line_info", ctypes.c_uint32), ("line_info_rec_size", ctypes.c_uint32),
+                ("jited_line_info_rec_size", ctypes.c_uint32), ("nr_prog_tags", ctypes.c_uint32),
+                ("prog_tags", ctypes.c_uint64), ("run_time_ns", ctypes.c_uint64), ("run_cnt", ctypes.c_uint64)]
 
 
 def _name(name: str) -> bytes:
@@ -158,8 +170,7 @@ def _name(name: str) -> bytes:
     return raw
 
 
-def load_program(prog_type: int, code: bytes, name: str, *, expected_attach_type: int = 0,
-                 flags: int = 0) -> int:
+def load_program(prog_type: int, code: bytes, name: str, *, flags: int = 0) -> int:
     """Load encoded instructions; on refusal, load again with a log buffer to say why.
 
     The first attempt runs without a log (faster, no 4 MiB buffer); the
@@ -168,8 +179,7 @@ def load_program(prog_type: int, code: bytes, name: str, *, expected_attach_type
     insns = ctypes.create_string_buffer(code, len(code))
     license_ = ctypes.create_string_buffer(LICENSE)
     attr = _ProgLoad(prog_type=prog_type, insn_cnt=len(code) // 8, insns=ctypes.addressof(insns),
-                     license=ctypes.addressof(license_), prog_flags=flags, prog_name=_name(name),
-                     expected_attach_type=expected_attach_type)
+                     license=ctypes.addressof(license_), prog_flags=flags, prog_name=_name(name))
     try:
         return bpf(BPF_PROG_LOAD, attr, f"loading eBPF program {name}")
     except BpfError as e:
@@ -226,13 +236,39 @@ class ProgramInfo:
     id: int
     name: str
     type: int
+    run_time_ns: int
+    """Time spent in the program, helpers included, while statistics were enabled (enable_stats)."""
+    run_count: int
 
 
 def program_info(fd: int) -> ProgramInfo:
     info = _ProgInfo()
     bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoByFd(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)),
         "reading eBPF program information")
-    return ProgramInfo(info.id, info.name.decode(errors="replace"), info.type)
+    return ProgramInfo(info.id, info.name.decode(errors="replace"), info.type, info.run_time_ns, info.run_cnt)
+
+
+def program_ids() -> list[int]:
+    """Every program loaded in the system, by ID."""
+    ids, attr = [], _GetFdById()
+    while True:
+        try:
+            bpf(BPF_PROG_GET_NEXT_ID, attr, "listing eBPF programs")
+        except BpfError as e:
+            if e.errno == errno.ENOENT:
+                return ids
+            raise
+        ids.append(attr.next_id)
+        attr.id = attr.next_id
+
+
+class _EnableStats(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32)]
+
+
+def enable_stats() -> int:
+    """Make the kernel time every program run while the returned descriptor is open (BPF_STATS_RUN_TIME)."""
+    return bpf(BPF_ENABLE_STATS, _EnableStats(0), "enabling eBPF run-time statistics")
 
 
 def program_info_by_id(prog_id: int) -> ProgramInfo:
