@@ -16,6 +16,7 @@ from .config import (
     DATAPATHS,
     HEADER_SETTINGS,
     HEADER_TABLE,
+    MAX_WORKERS,
     REQUIRED,
     SETTINGS,
     ConfigError,
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "add 4 for inner VLAN sub-interfaces)")
     new.add_argument("--user", metavar="NAME",
                      help="after opening the sockets and the TAP, run as NAME with only CAP_NET_ADMIN and "
-                          "CAP_NET_RAW (every process, workers included)")
+                          "CAP_NET_RAW, plus CAP_BPF with the eBPF datapath (every process, workers included)")
     new.add_argument("--accept-dmac", metavar="MAC[,MAC...]",
                      help="take from the network only frames to these destination MACs (others: counted as "
                           "filtered)")
@@ -120,9 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--wait-link", metavar="SECONDS",
                      help="how long to wait for a deleted network interface to come back before exiting 69 "
                           "(default: forever)")
+    new.add_argument("--qdisc-bypass", action="store_const", const=True,
+                     help="send to the network interface straight to its driver (PACKET_QDISC_BYPASS): "
+                          "cheaper, but skips its qdisc (no shaping, no queue) and tcpdump on it no longer "
+                          "sees the frames sent")
     new.add_argument("--syslog-socket", metavar="PATH", help="the syslog socket for -s (default /dev/log)")
     new.add_argument("--datapath", metavar="NAME",
                      help=f"forwarding loop: {', '.join(DATAPATHS)} (default {Options.datapath})")
+    new.add_argument("--workers", metavar="N",
+                     help="worker pairs of the fast datapath (-E --datapath fast only; any other datapath or -V "
+                          "with N > 1 is a config error, exit 78): a multi-queue TAP with N queues and N network "
+                          "sockets in a PACKET_FANOUT group that sends each inner flow (inner IPv4 addresses and "
+                          "TCP/UDP ports, inner IPv6 addresses, else inner MACs) to one worker, so frames of a "
+                          f"flow keep their order (default {Options.workers}, at most {MAX_WORKERS})")
     hdr = p.add_argument_group("EOE header fields used on encapsulation (-E)")
     for key, text in HEADER_HELP.items():
         hdr.add_argument(_spelling(key), dest=key, metavar="VALUE", help=f"{text} (default {_header_default(key)})")

@@ -21,6 +21,8 @@ class ConfigError(ValueError):
 
 
 DATAPATHS = ("simple", "fast", "ebpf", "auto")
+MAX_WORKERS = 64
+"""Worker pairs of `--workers`; the tun driver allows 256 queues, a board has far fewer cores."""
 RELAY_NAMES = ("eoe", "dhcp")
 
 
@@ -118,7 +120,9 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "persist": _bool,
     "tap_mtu": _range(68, 65521),  # the tun driver refuses more (65535 - 14)
     "datapath": _one_of(*DATAPATHS),
+    "workers": _range(1, MAX_WORKERS),
     "wait_link": _seconds,
+    "qdisc_bypass": _bool,
     "user": _user,
     "accept_dmac": _list_of(_mac),
     "accept_vid": _list_of(_range(0, 4095)),
@@ -146,8 +150,12 @@ class Options:
     persist: bool = False
     tap_mtu: int | None = None
     datapath: str = "simple"
+    workers: int = 1
+    """Worker pairs of the fast datapath: TAP queues and network sockets in one fanout group."""
     wait_link: float | None = None
     """How long a vanished network interface may stay away before we give up (None: forever)."""
+    qdisc_bypass: bool = False
+    """Send to the network side's driver directly: opt-in, as it hides our frames from tcpdump there."""
     user: str | None = None
     """Run as this user once the sockets and the TAP are open, with only the capabilities needed."""
     accept_dmac: frozenset[bytes] = frozenset()
@@ -186,6 +194,10 @@ def build_options(values: dict[str, object], header: dict[str, object], *,
             raise ConfigError(f"{spelling(HEADER_TABLE + '.' + key)}: {why}") from None
     if parsed.get("network") is not None and parsed.get("network") == parsed.get("service"):
         raise ConfigError(f"network and service interfaces are both {parsed['network']!r}")
+    workers = int(parsed.get("workers", 1))  # type: ignore[call-overload]
+    if workers > 1 and (parsed.get("datapath", Options.datapath) != "fast" or parsed.get("relay") == "dhcp"):
+        raise ConfigError(f"{spelling('workers')}: {workers} worker pairs need the fast datapath and relay eoe "
+                          "(--datapath fast -E)")
     if parsed.get("datapath") == "ebpf" and int(parsed.get("debug") or 0) > 1:  # type: ignore[call-overload]
         raise ConfigError("datapath ebpf: -dd hex dumps need every frame in userspace (use fast, simple or auto)")
     return Options(**parsed, header=EoeHeader(**fields_))  # type: ignore[arg-type]

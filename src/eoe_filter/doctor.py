@@ -205,10 +205,13 @@ def check_tap(f: Facts) -> list[Finding]:
         kind = "a TUN" if tap.kind == "tun" else f"kind {tap.kind or 'unknown'}"
         return [fail(f"{name} exists and is not a TAP device ({kind}): eoe_filter refuses it; "
                      f"fix: ip link del {name}, or choose another -t")]
-    if tap.tun_multi_queue:
-        return [fail(f"TAP {name} is multi-queue: eoe_filter needs a single-queue TAP; "
-                     f"fix: ip tuntap del dev {name} mode tap multi_queue, then let eoe_filter create it")]
     found = []
+    if tap.tun_multi_queue and pid is None:
+        return [fail(f"TAP {name} is multi-queue: eoe_filter attaches it only with --workers N (N > 1, "
+                     f"as many queues); for one worker, fix: ip tuntap del dev {name} mode tap multi_queue, "
+                     "then let eoe_filter create it")]
+    if tap.tun_multi_queue:
+        found.append(info(f"TAP {name} is multi-queue: eoe_filter pid {pid} runs with --workers, a queue each"))
     if not tap.up and pid is None:
         found.append(info(f"TAP {name} is down: eoe_filter brings it up when it starts"))
     elif not tap.up:

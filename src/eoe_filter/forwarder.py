@@ -50,7 +50,7 @@ class Forwarder:
         self.options = options
         self.log = log
         self.relay: Relay = RELAYS[options.relay](options)
-        self.counters = Counters()
+        self.counters = Counters(options.workers)
         if options.filter:
             self.counters.net_to_service.uncounted = frozenset({DropReason.FILTERED})
         self.notifier = Notifier.from_env()
@@ -67,6 +67,9 @@ class Forwarder:
         self.net: PacketSocket
         self.service: Port | None = None
         self.datapath: Datapath | None = None
+        self._datapath_name = options.datapath
+        self._datapath_choice = ""
+        """Why `auto` chose the datapath it runs."""
 
     def run(self) -> int:
         """Forward until SIGTERM/SIGINT or a fatal condition; return the exit code."""
@@ -98,7 +101,8 @@ class Forwarder:
         o = self.options
         return {
             "pid": os.getpid(), "relay": o.relay, "network": o.network, "service": o.service,
-            "datapath": o.datapath, "filter": o.filter, "started": self._started,
+            "datapath": self._datapath_name, "datapath_choice": self._datapath_choice, "filter": o.filter,
+            "started": self._started,
             "uptime": time.monotonic() - self._started_monotonic, "time": time.time(),
             "counters": {"net_to_service": self.counters.net_to_service.as_dict(),
                          "service_to_net": self.counters.service_to_net.as_dict()},
@@ -121,15 +125,18 @@ class Forwarder:
             log.warning("%s", warning)
         with ExitStack() as undo:
             self.net = open_raw_side(log, self.network, relay.classic_filter() if options.filter else None,
+                                     options.qdisc_bypass,
                                      lambda sock: self._claim_network(netif, sock))
             undo.callback(self.net.close)
             undo.callback(self._release_network, netif)
             self.service = relay.open_service(self._context(netif))
             undo.callback(self._release_service)
-            if options.user is not None:
-                self._drop_privileges(options.user)
             with LinkMonitor() as monitor, self._signals():
-                self._start_datapath()
+                undo.callback(self._stop_datapath)
+                self.datapath = self._create_datapath()
+                if options.user is not None:  # after the choice, before any thread or worker process
+                    self._drop_privileges(options.user, self.datapath.capabilities)
+                self.datapath.start()
                 control.serve(self.snapshot)
                 self.notifier.ready()
                 self._supervise(netif, monitor)
@@ -188,19 +195,29 @@ class Forwarder:
             self.log.debug("ARP resolution restored on %s", link.name)
         self.state.remove(saved.interface)
 
-    def _drop_privileges(self, user: str) -> None:
+    def _drop_privileges(self, user: str, datapath_needs: frozenset[int]) -> None:
         entry = pwd.getpwnam(user)
+        keep = self.relay.capabilities | datapath_needs
         self.state.give_to(entry.pw_uid, entry.pw_gid)
-        privileges.drop_to(user, set(self.relay.capabilities))
+        privileges.drop_to(user, set(keep))
         self.log.debug("running as %s (uid %d) with %s", user, entry.pw_uid,
-                       ", ".join(privileges.CAP_NAMES[c] for c in sorted(self.relay.capabilities)))
+                       ", ".join(privileges.CAP_NAMES[c] for c in sorted(keep)))
 
     # --- the datapath and the service side --------------------------------------------------------
 
-    def _start_datapath(self) -> None:
+    def _create_datapath(self) -> Datapath:
+        """The datapath by name; `auto` chooses once, and a restart keeps its choice (and the privileges
+        kept for it)."""
         assert self.service is not None
-        self.datapath = datapaths()[self.options.datapath](DatapathContext(
-            self.net, self.service, self.relay, self.counters, self._port_lost, self.log, self.options.debug))
+        ctx = DatapathContext(self.net, self.service, self.relay, self.counters, self._port_lost, self.log,
+                              self.options.debug)
+        datapath = datapaths()[self._datapath_name](ctx)
+        if ctx.choice:
+            self._datapath_name, self._datapath_choice = datapath.name, ctx.choice
+        return datapath
+
+    def _start_datapath(self) -> None:
+        self.datapath = self._create_datapath()
         self.datapath.start()
 
     def _stop_datapath(self) -> None:

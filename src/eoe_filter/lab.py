@@ -29,16 +29,24 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def in_netns(name: str) -> Iterator[None]:
     """Run the block in namespace `name` (this thread only); sockets made here stay in it."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _setns(target)
+        enter_netns(name)
         try:
             yield
         finally:
             _setns(home)
     finally:
-        os.close(target)
         os.close(home)
+
+
+def enter_netns(name: str) -> None:
+    """Move this thread into namespace `name` for good: a child process that works only there
+    (os.setns needs Python 3.12)."""
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(target)
+    finally:
+        os.close(target)
 
 
 def _setns(fd: int) -> None:

@@ -2,8 +2,10 @@
 
 After the sockets and the TAP are open, the forwarder needs CAP_NET_ADMIN
 (interface flags, MTU, re-creating a deleted TAP) and CAP_NET_RAW
-(re-binding its raw socket), nothing else. Dropping happens before any
-worker process is forked, so every process inherits the reduced set.
+(re-binding its raw socket), and the eBPF datapath CAP_BPF (loading its
+programs again for a re-created interface), nothing else. Dropping happens
+once the datapath is chosen and before it starts any thread or worker
+process, so every one of them inherits the reduced set.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import pwd
 CAP_SETPCAP = 8
 CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
-CAP_NAMES = {CAP_NET_ADMIN: "CAP_NET_ADMIN", CAP_NET_RAW: "CAP_NET_RAW"}
+CAP_BPF = 39
+CAP_NAMES = {CAP_NET_ADMIN: "CAP_NET_ADMIN", CAP_NET_RAW: "CAP_NET_RAW", CAP_BPF: "CAP_BPF"}
 
 _PR_CAPBSET_DROP = 24
 _PR_SET_KEEPCAPS = 8

@@ -87,7 +87,8 @@ def _duration(seconds: float) -> str:
 def render_one(snap: dict, rates: dict[str, tuple[float, float]] | None = None) -> str:
     lines = [
         f"{snap['service']}: relay {snap['relay']}, network {snap['network']}, datapath {snap['datapath']}"
-        f"{', filter on' if snap['filter'] else ''}, pid {snap['pid']}, up {_duration(snap['uptime'])}",
+        + (f" (auto: {snap['datapath_choice']})" if snap.get("datapath_choice") else "")
+        + f"{', filter on' if snap['filter'] else ''}, pid {snap['pid']}, up {_duration(snap['uptime'])}",
         f"  {'direction':<16}{'frames':>14}{'bytes':>16}" + (f"{'frames/s':>12}{'bytes/s':>14}" if rates else ""),
     ]
     for key, label in DIRECTIONS:

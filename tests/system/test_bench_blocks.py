@@ -30,9 +30,9 @@ from eoe_filter.bench.traffic import (
     InNetns,
     Sink,
     open_packet_socket,
-    recv_wire,
 )
 from eoe_filter.lab import Lab, in_netns
+from eoe_filter.link.packet_socket import wire_view
 
 pytestmark = pytest.mark.system
 
@@ -75,7 +75,7 @@ def _collect(sock: socket.socket, quiet: float = 0.5) -> list[bytes]:
     frames = []
     while True:
         try:
-            frames.append(recv_wire(sock))
+            frames.append(wire_view(sock))
         except TimeoutError:
             return frames
 

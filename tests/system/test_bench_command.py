@@ -2,7 +2,8 @@
 
 The figures themselves depend on the machine; what is checked is that every
 row was measured with a sane figure in every column, that the forwarders'
-own counts matched what the sinks got, and that the namespaces and every
+own counts matched what the sinks got, that TCP went through two forwarders
+of every row and over the plain veth pair, and that the namespaces and every
 process the benchmark started are gone afterwards.
 """
 
@@ -51,11 +52,11 @@ def bench() -> tuple[dict, str, int, int]:
     proc = subprocess.Popen([sys.executable, "-m", "eoe_filter", "bench", "--quick", "--json", "--repeat", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        out, err = proc.communicate(timeout=240)
+        out, err = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        pytest.fail(f"eoe_filter bench --quick did not finish in 240 s:\n{err}")
+        pytest.fail(f"eoe_filter bench --quick did not finish in 300 s:\n{err}")
     assert out, err
     return json.loads(out), err, proc.pid, proc.returncode
 
@@ -93,6 +94,22 @@ def test_every_row_is_measured(bench: tuple[dict, str, int, int]) -> None:
     assert rows[("c", "both", 64)]["ratio_to_c"] == 1.0
     assert len([line for line in progress.splitlines() if " run 1/1: " in line]) == len(rows)
     assert returncode == 0, progress
+
+
+def test_tcp_through_two_forwarders(bench: tuple[dict, str, int, int]) -> None:
+    """--quick: one 1-second iperf3 run per path, the plain veth pair first, every row but kernel."""
+    doc, progress, _, _ = bench
+    tcp = doc["tcp"]
+    assert tcp is not None and tcp["skipped"] is None and tcp["seconds"] == 1
+    assert tcp["failures"] == []
+    rows = {r["datapath"]: r for r in tcp["rows"]}
+    assert list(rows) == ["veth", *(name for name in datapaths() if name != "auto"), "c"]
+    for name, r in rows.items():
+        assert r["skipped"] is None, name
+        assert len(r["runs_mbps"]) == 1, name
+        assert r["mbps"]["median"] > 0 and r["ratio_to_veth"] > 0, name
+    assert rows["veth"]["ratio_to_veth"] == 1.0
+    assert len([line for line in progress.splitlines() if line.startswith("[tcp 1/1] ")]) == len(rows)
 
 
 def test_nothing_is_left_behind(bench: tuple[dict, str, int, int]) -> None:

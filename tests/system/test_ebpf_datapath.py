@@ -406,6 +406,11 @@ def test_auto_picks_ebpf_and_says_so(eoe_lab: EoeLab):
     fwd = eoe_lab.start("--datapath", "auto", ready=False)
     fwd.wait_for("kernel datapath attached")
     assert "datapath auto: ebpf, because the kernel took every program" in fwd.lines
+    shown = eoe_lab.lab.run(eoe_lab.ns, [sys.executable, "-m", "eoe_filter", "stats", "tap0", "--json"])
+    snap = json.loads(shown.stdout)
+    assert (snap["datapath"], snap["datapath_choice"]) == ("ebpf", "ebpf, because the kernel took every program")
+    shown = eoe_lab.lab.run(eoe_lab.ns, [sys.executable, "-m", "eoe_filter", "stats", "tap0"])
+    assert "datapath ebpf (auto: ebpf, because the kernel took every program)" in shown.stdout
     assert fwd.stop() == 0
 
 

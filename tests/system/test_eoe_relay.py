@@ -6,14 +6,24 @@ import json
 import random
 import re
 import signal
+import socket
 import sys
 import time
 
 import pytest
 
+from eoe_filter.lab import in_netns
+from eoe_filter.link import abi
 from eoe_filter.wire.eoe import EoeHeader, encapsulate
 
-from .conftest import LAST_STARTUP_LINE, EoeLab, receive, receive_all, userspace_only
+from .conftest import (
+    LAST_STARTUP_LINE,
+    UNDER_EBPF,
+    EoeLab,
+    receive,
+    receive_all,
+    userspace_only,
+)
 from .frames import eoe_frame, inner_frame
 
 ORIGINAL_STARTUP = [
@@ -42,11 +52,13 @@ def link(eoe_lab: EoeLab, name: str) -> dict:
     return json.loads(eoe_lab.ip("-j", "-d", "link", "show", name))[0]
 
 
-@userspace_only("no forwarding threads, so the original's thread lines give way to one 'attached' line")
 def test_startup_lines_and_tap_up_with_room_for_the_header(eoe_lab: EoeLab):
     fwd = eoe_lab.start()
-    assert len(fwd.lines) == len(ORIGINAL_STARTUP)
-    for line, pattern in zip(fwd.lines, ORIGINAL_STARTUP):
+    expected = ORIGINAL_STARTUP
+    if UNDER_EBPF:  # no forwarding threads: their four lines give way to one (LIMITS in datapath/ebpf.py)
+        expected = ORIGINAL_STARTUP[:-4] + [r"kernel datapath attached \(eBPF\): .*XDP on net0 .*"]
+    assert len(fwd.lines) == len(expected), fwd.output
+    for line, pattern in zip(fwd.lines, expected):
         assert re.fullmatch(pattern, line), (line, pattern)
     tap = link(eoe_lab, "tap0")
     assert "UP" in tap["flags"]
@@ -287,3 +299,38 @@ def test_network_interface_down_drops_and_recovers(eoe_lab: EoeLab):
                                       src="06:00:00:00:00:78")
     assert fwd.stop() == 0
     assert "net down 20" in fwd.output
+
+
+def sent_on(eoe_lab: EoeLab, ifname: str) -> socket.socket:
+    """A tap on what the board sends out of `ifname`, as tcpdump sees it."""
+    with in_netns(eoe_lab.ns):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(abi.ETH_P_ALL))
+        sock.bind((ifname, abi.ETH_P_ALL))
+    eoe_lab.sockets.append(sock)
+    return sock
+
+
+def outgoing(sock: socket.socket, inner: list[bytes], quiet: float = 0.3) -> int:
+    """How many of the `inner` frames the tap saw leave, encapsulated (and nothing else the stack sends)."""
+    sock.settimeout(quiet)
+    tails = {frame[-40:] for frame in inner}
+    count = 0
+    while True:
+        try:
+            data, address = sock.recvfrom(1 << 16)
+        except TimeoutError:
+            return count
+        count += address[2] == socket.PACKET_OUTGOING and data[-40:] in tails
+
+
+@pytest.mark.parametrize("datapath", ["simple", "fast"])
+@pytest.mark.parametrize("bypass", [False, True])
+def test_qdisc_bypass_is_opt_in_and_hides_our_frames_from_taps(eoe_lab: EoeLab, datapath: str, bypass: bool):
+    fwd = eoe_lab.start("--datapath", datapath, *(["--qdisc-bypass"] if bypass else []))
+    peer, tap, watch = eoe_lab.socket("peer0"), eoe_lab.socket("tap0"), sent_on(eoe_lab, "net0")
+    inner = [inner_frame(100, seed=k) for k in range(5)]
+    for frame in inner:
+        tap.send(frame)
+    assert len(receive_all(peer)) == 5  # delivered either way
+    assert outgoing(watch, inner) == (0 if bypass else 5)
+    assert fwd.stop() == 0

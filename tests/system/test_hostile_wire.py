@@ -27,7 +27,7 @@ from eoe_filter.link import abi
 from eoe_filter.link.abi import ABI
 from eoe_filter.link.packet_socket import wire_view
 
-from .conftest import EoeLab, Forwarder, userspace_only
+from .conftest import UNDER_EBPF, EoeLab, Forwarder
 from .frames import BOARD_MAC, SWITCH_MAC, eoe_frame, inner_frame
 
 MTU = 65535
@@ -178,9 +178,7 @@ def wide_lab(eoe_lab: EoeLab) -> EoeLab:
     return eoe_lab
 
 
-@pytest.mark.parametrize("flags", [(), pytest.param(("-F",), marks=userspace_only(
-    "the kernel counts the frames -F refuses, so they are accounted for; a socket filter's drops are not"))],
-    ids=["plain", "filter"])
+@pytest.mark.parametrize("flags", [(), ("-F",)], ids=["plain", "filter"])
 def test_hostile_wire_both_ways(wide_lab: EoeLab, flags: tuple[str, ...]):
     """One forwarder takes a hostile network side, then a hostile TAP side, and exits cleanly."""
     fwd = wide_lab.start("--tap-mtu", str(TAP_MTU), *flags)
@@ -212,18 +210,22 @@ def flood_network_side(eoe_lab: EoeLab, fwd: Forwarder, filtered: bool) -> None:
     assert max(map(len, sent)) == TAGGED_MAX, "the kernel should send a tagged frame of MTU + 18 bytes"
 
     reached = [w for w in sent if delivered(w) and (not filtered or passes_filter(w))]
+    # A socket filter's drops are never counted; the kernel datapath counts what -F refuses.
+    refused = len([w for w in sent if delivered(w) and filtered and not passes_filter(w)]) if UNDER_EBPF else 0
     runts = [w for w in reached if len(w) < MIN_EOE]
     forwarded = [w[22:] for w in reached if len(w) >= MIN_EOE]
     expected = [inner for inner in forwarded if delivered(inner)]  # a too short tagged one is freed on tap0
     counters = stats(eoe_lab)["net_to_service"]
     drops = counters["drops"]
-    assert accounted(counters) == len(reached), counters  # in = forwarded + every drop reason
+    assert drops["filtered"] == refused, counters
+    assert accounted(counters) == len(reached) + refused, counters  # in = forwarded + every drop reason
     assert drops["runt"] + drops["queue_overflow"] >= len(runts) >= drops["runt"]
     if drops["queue_overflow"]:  # which frames the kernel dropped is unknown: order and content still hold
         assert is_subsequence(received, expected)
         return
     assert lost == 0
-    assert {reason: n for reason, n in drops.items() if n} == ({"runt": len(runts)} if runts else {})
+    assert {reason: n for reason, n in drops.items() if n} == (({"runt": len(runts)} if runts else {})
+                                                               | ({"filtered": refused} if refused else {}))
     assert counters["frames"] == len(forwarded)
     assert len(received) == len(expected)
     for i, (got, want) in enumerate(zip(received, expected)):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
 
 from .conftest import EoeLab
+
+DATAPATH = ("--datapath", os.environ["EOE_TEST_DATAPATH"]) if os.environ.get("EOE_TEST_DATAPATH") else ()
+"""Like start_forwarder(): the suite may run over another datapath."""
 
 
 def test_ready_after_the_tap_is_up_then_watchdog_status_and_stopping(eoe_lab: EoeLab, tmp_path):
@@ -18,7 +22,7 @@ def test_ready_after_the_tap_is_up_then_watchdog_status_and_stopping(eoe_lab: Eo
         sock.settimeout(10)
         env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         proc = eoe_lab.lab.start(eoe_lab.ns, ["env", *(f"{k}={v}" for k, v in env.items()), sys.executable,
-                                              "-m", "eoe_filter", "-n", "net0", "-t", "tap0", "-E"],
+                                              "-m", "eoe_filter", "-n", "net0", "-t", "tap0", "-E", *DATAPATH],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         first = sock.recv(4096)
         tap = json.loads(eoe_lab.ip("-j", "link", "show", "tap0"))[0]  # asked the moment READY arrived

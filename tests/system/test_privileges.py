@@ -7,10 +7,12 @@ import pwd
 import sys
 import time
 
-from .conftest import EoeLab, receive, receive_all, userspace_only
+from .conftest import KERNEL_READY, UNDER_EBPF, USERSPACE_READY, EoeLab, receive, receive_all
 from .frames import eoe_frame, inner_frame
+from .test_reliability import flows_within
 
 NET_ADMIN_AND_RAW = (1 << 12) | (1 << 13)
+CAP_BPF = 1 << 39
 
 
 def status(pid: int) -> dict[str, str]:
@@ -32,18 +34,22 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-@userspace_only("loading kernel programs needs CAP_BPF, which --user drops: ebpf refuses, auto falls back")
+def assert_only(pid: int, user: pwd.struct_passwd, caps: int) -> None:
+    """`pid` and every process under it run as `user` with exactly `caps`, and cannot gain more."""
+    for p in process_tree(pid):
+        st = status(p)
+        assert st["Uid"].split() == [str(user.pw_uid)] * 4, (p, st["Uid"])
+        assert st["Gid"].split() == [str(user.pw_gid)] * 4, (p, st["Gid"])
+        assert int(st["CapEff"], 16) == caps, (p, st["CapEff"])
+        assert int(st["CapPrm"], 16) == caps, (p, st["CapPrm"])
+        assert int(st["CapBnd"], 16) == caps, (p, st["CapBnd"])
+        assert int(st["CapInh"], 16) == 0 and int(st.get("CapAmb", "0"), 16) == 0
+
+
 def test_user_keeps_only_net_admin_and_net_raw_in_every_process(eoe_lab: EoeLab):
     nobody = pwd.getpwnam("nobody")
     fwd = eoe_lab.start("--user", "nobody")
-    for pid in process_tree(fwd.proc.pid):
-        st = status(pid)
-        assert st["Uid"].split() == [str(nobody.pw_uid)] * 4, (pid, st["Uid"])
-        assert st["Gid"].split() == [str(nobody.pw_gid)] * 4, (pid, st["Gid"])
-        assert int(st["CapEff"], 16) == NET_ADMIN_AND_RAW, (pid, st["CapEff"])
-        assert int(st["CapPrm"], 16) == NET_ADMIN_AND_RAW, (pid, st["CapPrm"])
-        assert int(st["CapBnd"], 16) == NET_ADMIN_AND_RAW, (pid, st["CapBnd"])
-        assert int(st["CapInh"], 16) == 0 and int(st.get("CapAmb", "0"), 16) == 0
+    assert_only(fwd.proc.pid, nobody, NET_ADMIN_AND_RAW | (CAP_BPF if UNDER_EBPF else 0))
     peer, tap = eoe_lab.socket("peer0"), eoe_lab.socket("tap0")
     inner = inner_frame(100)
     peer.send(eoe_frame(inner))
@@ -56,6 +62,39 @@ def test_user_keeps_only_net_admin_and_net_raw_in_every_process(eoe_lab: EoeLab)
     assert fwd.stop() == 0
     net = json.loads(eoe_lab.ip("-j", "link", "show", "net0"))[0]
     assert "NOARP" not in net["flags"]
+
+
+def test_user_with_auto_keeps_cap_bpf_only_when_it_chose_ebpf(eoe_lab: EoeLab):
+    nobody = pwd.getpwnam("nobody")
+    fwd = eoe_lab.start("--user", "nobody", "--datapath", "auto", ready=False)
+    fwd.wait_for(KERNEL_READY)
+    assert_only(fwd.proc.pid, nobody, NET_ADMIN_AND_RAW | CAP_BPF)
+    assert fwd.stop() == 0
+    fwd = eoe_lab.start("--user", "nobody", "--datapath", "auto", "-dd", ready=False)  # -dd: userspace
+    fwd.wait_for(USERSPACE_READY)
+    assert "datapath auto: fast, because eBPF datapath unavailable: -dd hex dumps need every frame in userspace" \
+        in fwd.lines
+    assert_only(fwd.proc.pid, nobody, NET_ADMIN_AND_RAW)
+    assert fwd.stop() == 0
+
+
+def test_user_with_ebpf_reattaches_after_the_interfaces_are_recreated(eoe_lab: EoeLab):
+    """What CAP_BPF is kept for: loading the programs again for a new network interface and a new TAP."""
+    fwd = eoe_lab.start("--user", "nobody", "--datapath", "ebpf", ready=False)
+    fwd.wait_for(KERNEL_READY)
+    assert_only(fwd.proc.pid, pwd.getpwnam("nobody"), NET_ADMIN_AND_RAW | CAP_BPF)
+    flows_within(eoe_lab)
+    eoe_lab.ip("link", "del", "net0")
+    eoe_lab.ip("link", "add", "net0", "type", "veth", "peer", "name", "peer0")
+    eoe_lab.ip("link", "set", "net0", "up")
+    eoe_lab.ip("link", "set", "peer0", "up")
+    fwd.wait_for("kernel datapath re-attached (eBPF)")
+    flows_within(eoe_lab, 2.0)
+    eoe_lab.ip("link", "del", "tap0")
+    fwd.wait_for("tap0 is back; forwarding resumed")
+    flows_within(eoe_lab, 2.0)
+    assert fwd.proc.poll() is None
+    assert fwd.stop() == 0
 
 
 def test_without_privileges_one_clear_line(eoe_lab: EoeLab):

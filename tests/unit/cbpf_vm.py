@@ -93,6 +93,8 @@ def run(program: Sequence[Instruction], data: bytes, vlan_tci: int | None = None
                 a = (a + operand) & _U32
             elif op == 0x10:
                 a = (a - operand) & _U32
+            elif op == 0x20:
+                a = (a * operand) & _U32
             elif op == 0x40:
                 a |= operand
             elif op == 0x50:
@@ -101,6 +103,12 @@ def run(program: Sequence[Instruction], data: bytes, vlan_tci: int | None = None
                 a = (a << operand) & _U32
             elif op == 0x70:
                 a >>= operand
+            elif op in (0x30, 0x90):  # BPF_DIV, BPF_MOD: the kernel ends the program with 0 on a zero divisor
+                if operand == 0:
+                    return 0
+                a = a // operand if op == 0x30 else a % operand
+            elif op == 0xA0:
+                a ^= operand
             else:
                 raise Unsupported(f"alu {code:#x}")
         elif cls == 0x05:  # BPF_JMP
@@ -163,3 +171,20 @@ def accepts(program: Sequence[Instruction], wire: bytes) -> bool:
     """Whether a socket with `program` attached receives the wire frame `wire`."""
     view = socket_view(wire)
     return view is not None and run(program, *view) != 0
+
+
+_ETH_HLEN = 14
+
+
+def fanout_view(wire: bytes) -> tuple[bytes, int | None, int] | None:
+    """(data, tci or None, tpid) as a PACKET_FANOUT program sees a received wire frame.
+
+    The fanout demux runs before packet_rcv pushes the link-layer header
+    back: its data starts at the network header, behind the 14-byte
+    Ethernet header of the socket view (eth_type_trans pulled it).
+    """
+    view = socket_view(wire)
+    if view is None:
+        return None
+    data, tci, tpid = view
+    return data[_ETH_HLEN:], tci, tpid

@@ -169,11 +169,17 @@ def test_tap_down_names_eio_and_the_fix():
 @pytest.mark.parametrize("svc, words", [
     (link("tap0", kind="veth"), ["not a TAP device (kind veth)", "ip link del tap0"]),
     (link("tap0", kind="tun", tun_type=1), ["not a TAP device (a TUN)"]),
-    (tap(multi_queue=True), ["multi-queue"]),
 ])
 def test_not_a_usable_tap(svc: Link, words: list[str]):
     found = doctor.check_tap(healthy(svc=svc))
     assert levels(found) == [FAIL] and all(w in found[0].text for w in words)
+
+
+def test_a_multi_queue_tap_is_for_workers():
+    found = doctor.check_tap(idle(svc=tap(persist=True, multi_queue=True)))
+    assert levels(found) == [FAIL] and "only with --workers N" in found[0].text
+    found = doctor.check_tap(healthy(svc=tap(multi_queue=True)))
+    assert FAIL not in levels(found) and "runs with --workers" in found[0].text
 
 
 def test_tap_attached_by_another_process_while_no_forwarder_runs():

@@ -1,1 +1,1 @@
-"""Benchmark building blocks: traffic generator and sink, the C baseline, lab measurements."""
+"""Benchmark building blocks: traffic generator and sink, the C baseline, /proc readers, the lab's shared pieces."""

@@ -49,6 +49,13 @@ sender's context. A row is "generator-limited" when delivered ~ offered and
 the forwarder's core was under 90% busy, and "contended" when other
 processes took 10% or more of that core while the forwarder waited 10% or
 more of the window to run.
+
+TCP (`--tcp-seconds`, once per repeat after the points): one iperf3 stream
+from "board" to "switch" through two forwarders back to back, set up as
+`eoe_filter demo` does, for every datapath row and `c`, against the same
+test over a plain veth pair (namespaces of their own; every process free to
+use every CPU this command may use). The kernel row has none: tc redirecting
+frames unchanged, with no EOE header, makes TCP through it the plain veth.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ import os
 import platform
 import re
 import select
+import shutil
 import signal
 import socket
 import statistics
@@ -70,8 +78,8 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack, closing
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as MpEvent
@@ -80,7 +88,7 @@ from typing import Any, Literal, Protocol
 
 from .. import control
 from ..datapath import datapaths
-from ..lab import Lab, in_netns
+from ..lab import Lab, enter_netns, in_netns
 from .cbuild import build_c_original
 from .lab_measure import (
     EOE_HDR,
@@ -95,12 +103,16 @@ from .lab_measure import (
     stop_c_original,
     wait_ready,
 )
-from .measure_datapaths import (
-    LATENCY_BATCH,
-    LATENCY_RATE,
+from .procstat import (
+    backlog,
+    backlog_drops,
+    core_times,
     cpu_seconds,
+    ksoftirqd,
+    pin,
     process_tree,
     rss_bytes,
+    schedstat,
 )
 from .traffic import (
     FIELD_SIZE,
@@ -108,7 +120,7 @@ from .traffic import (
     GenReport,
     Sink,
     SinkReport,
-    enter_netns,
+    expect,
     socket_offset,
 )
 
@@ -136,6 +148,8 @@ uncounted, what comes next. An idle limit could end a run mid-traffic while
 the forwarder waits for its core, or wait in vain when everything has come.
 """
 READY_TIMEOUT = 20.0
+LATENCY_RATE = 20_000
+LATENCY_BATCH = 4
 INVALID = ("count mismatch", "more frames")
 """Flags that make a row's figures wrong, not merely limited: the command then exits 70."""
 
@@ -229,15 +243,7 @@ class Endpoint:
         self._expect(30.0)
 
     def _expect(self, timeout: float | None) -> Any:
-        if not self._conn.poll(timeout):
-            raise TimeoutError(f"traffic process {self._proc.pid} did not answer in {timeout} s")
-        try:
-            kind, value = self._conn.recv()
-        except EOFError:
-            raise RuntimeError(f"traffic process {self._proc.pid} died") from None
-        if kind == "error":
-            raise RuntimeError(f"traffic process {self._proc.pid} failed:\n{value}")
-        return value
+        return expect(self._conn, self._proc, "an answer", timeout)
 
     def open(self, factory: Callable[[], Generator | Sink]) -> None:
         """Build the runner (a sink counts from here on)."""
@@ -291,24 +297,24 @@ class Dut(Protocol):
 
 
 class ForwarderProcess:
-    """eoe_filter --datapath NAME, or c_original, on net0 with TAP tapc; its process tree pinned."""
+    """eoe_filter --datapath NAME (with `extra` options), or c_original, on net0 with TAP tapc; its process
+    tree pinned to `cpus`."""
 
-    def __init__(self, lab: Lab, ns: str, name: str, binary: Path | None, log: Path, cpu: int) -> None:
+    def __init__(self, lab: Lab, ns: str, name: str, binary: Path | None, log: Path, cpus: Collection[int],
+                 extra: Sequence[str] = ()) -> None:
         self.name, self.log = name, log
         with open(log, "w") as out:
             if name == "c":
                 assert binary is not None, "a skipped C row never starts"
-                self.proc = lab.start(ns, [str(binary), "-n", NET_IF, "-t", TAP_IF], stdout=subprocess.PIPE,
+                self.proc = lab.start(ns, [str(binary), "-n", NET_IF, "-t", TAP_IF, *extra], stdout=subprocess.PIPE,
                                       stderr=out, text=True)
                 wait_ready(self.proc, READY_TIMEOUT)
             else:
                 self.proc = lab.start(ns, [sys.executable, "-m", "eoe_filter", "-n", NET_IF, "-t", TAP_IF, "-E",
-                                           "--datapath", name], stdout=out, stderr=subprocess.STDOUT)
+                                           "--datapath", name, *extra], stdout=out, stderr=subprocess.STDOUT)
                 self._wait_ready(ns)
         self.tree = process_tree(self.proc.pid)
-        for pid in self.tree:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                os.sched_setaffinity(int(tid), {cpu})
+        pin(self.tree, cpus)
 
     def _wait_ready(self, ns: str) -> None:
         """Ready when its control endpoint answers: it opens only after the datapath has started."""
@@ -387,64 +393,6 @@ class KernelRedirect:
         return counts  # type: ignore[return-value]
 
 
-def _softnet(column: int) -> int:
-    with open("/proc/net/softnet_stat") as stat:
-        return sum(int(line.split()[column], 16) for line in stat)
-
-
-def backlog() -> int:
-    """Frames waiting in every CPU's network backlog for softirq processing (/proc/net/softnet_stat)."""
-    return _softnet(11)
-
-
-def backlog_drops() -> int:
-    """Frames dropped so far because a CPU's network backlog was full (machine-wide: /proc/net/softnet_stat)."""
-    return _softnet(1)
-
-
-def core_times(cpu: int) -> tuple[float, float]:
-    """Seconds `cpu` was busy since boot: (with anything, with processes: user, nice, system, steal) (/proc/stat).
-
-    The first tells a saturated core also where the kernel forwards in
-    softirq; the second, minus the forwarder's own CPU time and its softirq
-    thread's, is what other processes (and the hypervisor) took from the
-    forwarder's core: on a shared machine it tells a forwarder that could
-    not get its core from one that had nothing to do.
-    """
-    with open("/proc/stat") as stat:
-        for line in stat:
-            name, *ticks = line.split()
-            if name == f"cpu{cpu}":
-                user, nice, system, _idle, _iowait, irq, softirq, steal = (int(t) for t in ticks[:8])
-                hz = os.sysconf("SC_CLK_TCK")
-                return (user + nice + system + irq + softirq + steal) / hz, (user + nice + system + steal) / hz
-    raise RuntimeError(f"cpu{cpu} is not in /proc/stat")
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def schedstat(pids: list[int]) -> tuple[float, float]:
-    """Seconds the processes' threads ran, and were runnable but not running (/proc/PID/task/TID/schedstat)."""
-    ran = waited = 0
-    for pid in pids:
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                fields = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
-            except OSError:
-                continue
-            ran, waited = ran + int(fields[0]), waited + int(fields[1])
-    return ran / 1e9, waited / 1e9
-
-
 # --- one measured point -----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Run:
@@ -504,6 +452,10 @@ class Settings:
     latency_rate: float
     cpus: tuple[int, int, int]
     """(generator, forwarder, sink)"""
+    tcp_seconds: int
+    """iperf3's -t for the TCP section; 0: no TCP section."""
+    all_cpus: tuple[int, ...]
+    """The CPUs this command may use, all of them open to the TCP section's processes."""
 
 
 class Bench:
@@ -521,10 +473,9 @@ class Bench:
         if not self.rps:
             self.notes.append("RPS unavailable: the kernel row and in-kernel datapaths forward on the generator's "
                               "CPU, within its send calls (generator-limited)")
-        kthreads = {_comm(pid): pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))}
-        self.ksoftirqd = [pid for name, pid in kthreads.items() if name.startswith("ksoftirqd/")]
-        """Softirq threads: where the kernel's share of forwarding goes when it has too much to do at once."""
-        self.softirq = [kthreads[name] for name in (f"ksoftirqd/{fwd_cpu}",) if name in kthreads]
+        softirq = ksoftirqd()
+        self.ksoftirqd = list(softirq.values())
+        self.softirq = [pid for cpu, pid in softirq.items() if cpu == fwd_cpu]
         """The forwarder CPU's softirq thread: its time is our traffic's kernel work, not other load."""
         self.gens = {way: stack.enter_context(closing(Endpoint(self.peer if way == WAYS[0] else self.dut, gen_cpu)))
                      for way in WAYS}
@@ -579,7 +530,7 @@ class Bench:
     def _start(self, name: str) -> Dut:
         if name == "kernel":
             return KernelRedirect(self.lab, self.dut)
-        return ForwarderProcess(self.lab, self.dut, name, self.binary, self.workdir / f"{name}.log", self.s.cpus[1])
+        return ForwarderProcess(self.lab, self.dut, name, self.binary, self.workdir / f"{name}.log", {self.s.cpus[1]})
 
     def _ends(self, name: str, way: Way, size: int, batch: int) -> tuple[Callable[[], Generator], Callable[[], Sink]]:
         """Generator and sink factories; the kernel row sends the EOE frames a forwarder would put on net0."""
@@ -669,6 +620,130 @@ class Bench:
             forwarder_frames=sum(counted[way] for way in ways))
 
 
+# --- TCP through two forwarders --------------------------------------------------------------------
+BOARD_IP, SWITCH_IP = "169.254.17.4", "169.254.17.1"
+IPERF_PORT = 5201
+MIRROR = ("--op-code", "1", "--downstream", "1", "--dmac", "06:00:00:00:00:78", "--smac", "06:00:00:00:00:f8")
+"""The switch side of `eoe_filter demo`: the board's mirror image, so that the board's -F accepts its frames."""
+
+
+class TcpFailed(Exception):
+    """iperf3 did not complete (no connection through the forwarders, or an error): its message."""
+
+
+class TcpTest:
+    """One iperf3 TCP stream, board -> switch: through two forwarders back to back, or over a plain veth pair.
+
+    The forwarders are set up as `eoe_filter demo` does (board -F, switch its
+    mirror image); two c_original run without options, as they have none of
+    those: each decapsulates whatever reaches it. Both set-ups keep their
+    namespaces for the whole benchmark; forwarders start fresh for every run.
+    """
+
+    def __init__(self, lab: Lab, workdir: Path, binary: Path | None, settings: Settings) -> None:
+        self.lab, self.workdir, self.binary = lab, workdir, binary
+        self.seconds, self.cpus = settings.tcp_seconds, settings.all_cpus
+        self.runs: dict[str, list[float]] = {name: [] for name in ("veth", *settings.rows) if name != "kernel"}
+        self.skipped: dict[str, str] = {}
+        self.failures: list[str] = []
+        self.board, self.switch = lab.netns("board"), lab.netns("switch")
+        lab.veth(self.board, NET_IF, self.switch, NET_IF)
+        self.left, self.right = lab.netns("veth-a"), lab.netns("veth-b")
+        lab.veth(self.left, NET_IF, self.right, NET_IF)
+        for ns, ip in ((self.left, BOARD_IP), (self.right, SWITCH_IP)):
+            lab.run(ns, ["ip", "addr", "add", f"{ip}/24", "dev", NET_IF], check=True)
+
+    @contextmanager
+    def _unpinned(self) -> Iterator[None]:
+        """Let what starts meanwhile use every CPU (children inherit this process's affinity)."""
+        own = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, self.cpus)
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, own)
+
+    def round(self, k: int, repeat: int, failed: dict[str, str]) -> None:
+        """Run k of every path, the plain veth first; a row that could not start for the points is skipped."""
+        for name, runs in self.runs.items():
+            where = f"[tcp {k}/{repeat}] {name}"
+            if name in failed:
+                self.skipped.setdefault(name, failed[name])
+            if name in self.skipped:
+                continue
+            try:
+                runs.append(got := self.mbps(name))
+            except Skip as e:
+                self.skipped[name] = str(e)
+                _progress(f"{where}: skipped: {e}")
+                continue
+            except TcpFailed as e:
+                self.failures.append(f"{name} run {k}: {e}")
+                _progress(f"{where}: FAILED: {e}")
+                continue
+            _progress(f"{where}: {got:,.0f} Mbit/s")
+
+    def report(self) -> dict[str, Any]:
+        """The TCP section of the JSON document: per path the median Mbit/s with min-max, and its ratio to veth."""
+        base = spread(self.runs["veth"])
+        rows = []
+        for name, found in self.runs.items():
+            mbps = spread(found)
+            rows.append({"datapath": name, "skipped": self.skipped.get(name), "mbps": mbps,
+                         "ratio_to_veth": mbps["median"] / base["median"] if mbps and base and base["median"] else None,
+                         "runs_mbps": found})
+        return {"seconds": self.seconds, "skipped": None, "rows": rows, "failures": self.failures}
+
+    def mbps(self, name: str) -> float:
+        """Mbit/s the switch's iperf3 received through two forwarders `name`, or over the veth pair ("veth")."""
+        with self._unpinned():
+            if name == "veth":
+                return self._iperf(self.left, self.right)
+            started: list[ForwarderProcess] = []
+            try:
+                for ns, role, extra in ((self.switch, "switch", MIRROR), (self.board, "board", ("-F",))):
+                    started.append(ForwarderProcess(self.lab, ns, name, self.binary,
+                                                    self.workdir / f"tcp-{name}-{role}.log", self.cpus,
+                                                    () if name == "c" else extra))
+                for ns, ip in ((self.board, BOARD_IP), (self.switch, SWITCH_IP)):
+                    self.lab.run(ns, ["ip", "addr", "add", f"{ip}/24", "dev", TAP_IF], check=True)
+                return self._iperf(self.board, self.switch)
+            finally:
+                for fwd in started:
+                    fwd.stop()
+
+    def _iperf(self, client: str, server: str) -> float:
+        proc = self.lab.start(server, ["iperf3", "-s", "-1", "-B", SWITCH_IP, "-p", str(IPERF_PORT)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            self._wait_listening(server, proc)
+            done = self.lab.run(client, ["iperf3", "-c", SWITCH_IP, "-p", str(IPERF_PORT), "-t", str(self.seconds),
+                                         "--connect-timeout", "5000", "-J"], timeout=self.seconds + 30)
+        except subprocess.TimeoutExpired:
+            raise TcpFailed(f"iperf3 did not finish in {self.seconds + 30} s") from None
+        finally:
+            try:
+                proc.wait(5)  # -1: the server exits after one test
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(5)
+        try:
+            result = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            raise TcpFailed(done.stderr.strip() or f"iperf3 exited {done.returncode}") from None
+        if done.returncode != 0 or "error" in result:
+            raise TcpFailed(result.get("error") or f"iperf3 exited {done.returncode}")
+        return float(result["end"]["sum_received"]["bits_per_second"]) / 1e6
+
+    def _wait_listening(self, ns: str, proc: subprocess.Popen[bytes]) -> None:
+        """A client that came first would be refused: wait for the server's listening socket."""
+        deadline = time.monotonic() + 10
+        while not self.lab.run(ns, ["ss", "-Htln", f"sport = :{IPERF_PORT}"]).stdout.strip():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise TcpFailed(f"the iperf3 server did not listen (exit status {proc.poll()})")
+            time.sleep(0.05)
+
+
 # --- summaries ------------------------------------------------------------------------------------
 def spread(values: Sequence[float | None]) -> dict[str, float] | None:
     """Median, min and max of the measured values (None where none was measured)."""
@@ -733,8 +808,10 @@ def _added(rows: dict[tuple[str, str, int], Row], row: Row, field_name: str) -> 
     return None if mine is None or base is None or row.datapath == "kernel" else mine - base
 
 
-def report(settings: Settings, rows: list[Row], lab: str, notes: list[str], elapsed: float) -> dict[str, Any]:
-    """The JSON document: settings, then per row medians with min-max, ratios, checks and every run."""
+def report(settings: Settings, rows: list[Row], tcp: dict[str, Any] | None, lab: str, notes: list[str],
+           elapsed: float) -> dict[str, Any]:
+    """The JSON document: settings, then per row medians with min-max, ratios, checks and every run; the TCP
+    section (None: not measured)."""
     index = {(r.datapath, r.direction, r.size): r for r in rows}
     out_rows = []
     for r in rows:
@@ -767,11 +844,12 @@ def report(settings: Settings, rows: list[Row], lab: str, notes: list[str], elap
                     "cpus_usable": sorted(os.sched_getaffinity(0))},
         "settings": {"datapaths": list(s.rows), "sizes": list(s.sizes), "repeat": s.repeat, "seconds": s.seconds,
                      "warmup_seconds": s.warmup, "latency_seconds": s.latency_seconds,
-                     "latency_rate_fps": s.latency_rate,
+                     "latency_rate_fps": s.latency_rate, "tcp_seconds": s.tcp_seconds,
                      "cpus": {"generator": s.cpus[0], "forwarder": s.cpus[1], "sink": s.cpus[2]}},
         "definitions": DEFINITIONS,
         "notes": notes,
         "rows": out_rows,
+        "tcp": tcp,
     }
 
 
@@ -808,6 +886,11 @@ DEFINITIONS = {
     "contended": f"other processes took >= {CONTENDED:.0%} of the forwarder's core while it waited >= "
                  f"{CONTENDED:.0%} of the window to run: the figure is lower (and the latency higher) than on an "
                  "idle machine",
+    "tcp.mbps": "TCP section: what iperf3's server received per second (one stream, board -> switch, iperf3 -t "
+                "tcp_seconds), through two forwarders back to back (board -F, switch its mirror image, as in "
+                "`eoe_filter demo`; c: two c_original without options) or, for veth, over a plain veth pair",
+    "tcp.ratio_to_veth": "mbps / the plain veth pair's mbps; the kernel row has no TCP figure: without a "
+                         "forwarder, TCP over this lab is the plain veth pair",
 }
 
 
@@ -851,10 +934,30 @@ def render(doc: dict[str, Any]) -> str:
                 f"{_share(r['cpu_share']):>4} {_share(r['core_share']):>4} {_share(r['other_share']):>4} "
                 f"{_pair(lat and _medians(lat), '.0f'):>15} {_pair(add, '+.0f'):>14} {rss:>11}"
                 + ("  " + "; ".join(r["flags"]) if r["flags"] else ""))
+    lines += render_tcp(doc["tcp"])
     lines += ["", "columns:"] + [f"  {k}: {v}" for k, v in doc["definitions"].items()]
     lines += [f"note: {n}" for n in doc["notes"]]
     lines.append(f"lab {doc['lab']} removed; {doc['elapsed_seconds']:.0f} s in all")
     return "\n".join(lines)
+
+
+def render_tcp(tcp: dict[str, Any] | None) -> list[str]:
+    """The TCP section: one line per path, the plain veth pair first."""
+    if tcp is None:
+        return []
+    lines = ["", f"TCP through two forwarders (iperf3, {tcp['seconds']} s)"]
+    if tcp["skipped"]:
+        return [*lines, f"  skipped: {tcp['skipped']}"]
+    lines.append(f"  {'datapath':<8} {'Mbit/s':<26} {'vs veth':>7}")
+    for r in tcp["rows"]:
+        m = r["mbps"]
+        if r["skipped"] or m is None:
+            lines.append(f"  {r['datapath']:<8} {'skipped: ' + r['skipped'] if r['skipped'] else 'no run completed'}")
+            continue
+        mbps = f"{m['median']:,.0f} ({m['min']:,.0f}-{m['max']:,.0f})"
+        lines.append(f"  {r['datapath']:<8} {mbps:<26} {_num(r['ratio_to_veth'], '.3f'):>7}"
+                     + ("  (plain veth pair, no forwarder)" if r["datapath"] == "veth" else ""))
+    return lines + [f"  failed: {f}" for f in tcp["failures"]]
 
 
 def _share(figure: dict[str, float] | None) -> str:
@@ -924,6 +1027,17 @@ def _sizes_of(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _whole_seconds(text: str) -> int:
+    """iperf3 -t takes whole seconds."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -954,9 +1068,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=3, metavar="N", help="runs per point; medians reported (default 3)")
     p.add_argument("--seconds", type=_positive, metavar="S",
                    help="measured window per point (default 3; warm-up min(1, S/2), latency phase min(2, S))")
-    p.add_argument("--quick", action="store_true", help="short mode for CI: --seconds 0.5")
+    p.add_argument("--quick", action="store_true", help="short mode for CI: --seconds 0.5, --tcp-seconds 1")
     p.add_argument("--latency-rate", type=_positive, default=LATENCY_RATE, metavar="FPS",
                    help=f"the light load of the latency phase (default {LATENCY_RATE})")
+    p.add_argument("--tcp-seconds", type=_whole_seconds, metavar="S",
+                   help="iperf3 run per path of the TCP section, through two forwarders back to back and over a "
+                        "plain veth pair (default 5; 0 skips the section)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     p.add_argument("--chart", type=Path, metavar="FILE.png",
                    help="also write a bar chart of frames/s (needs matplotlib: pip install 'eoe_filter[chart]')")
@@ -981,9 +1098,11 @@ def main(argv: list[str]) -> int:
         print("eoe_filter bench: needs root (network namespaces, TAP devices, raw sockets)", file=sys.stderr)
         return EX_NOPERM
     seconds = 0.5 if args.quick else args.seconds or 3.0
+    tcp_seconds = args.tcp_seconds if args.tcp_seconds is not None else 1 if args.quick else 5
     settings = Settings(rows=args.datapaths, sizes=args.sizes, repeat=args.repeat, seconds=seconds,
                         warmup=min(1.0, seconds / 2), latency_seconds=min(2.0, seconds),
-                        latency_rate=args.latency_rate, cpus=default_cpus())
+                        latency_rate=args.latency_rate, cpus=default_cpus(), tcp_seconds=tcp_seconds,
+                        all_cpus=tuple(sorted(os.sched_getaffinity(0))))
     try:
         doc = run(settings)
     except KeyboardInterrupt:
@@ -1018,6 +1137,13 @@ def run(settings: Settings) -> dict[str, Any]:
                   f"(ns dut, kernel row); CPUs generator+sink {settings.cpus[0]}, forwarder {settings.cpus[1]}")
         bench = Bench(settings, lab, stack, Path(tmp))
         notes += bench.notes
+        tcp: TcpTest | None = None
+        tcp_doc: dict[str, Any] | None = None
+        if settings.tcp_seconds and shutil.which("iperf3") is None:
+            tcp_doc = {"seconds": settings.tcp_seconds, "skipped": "iperf3 is not installed (Debian: apt install "
+                       "iperf3)", "rows": [], "failures": []}
+        elif settings.tcp_seconds:
+            tcp = TcpTest(lab, Path(tmp), bench.binary, settings)
         rows = {(name, d, size): Row(name, d, size) for d in DIRECTIONS for size in settings.sizes
                 for name in settings.rows}
         total = len(rows) * settings.repeat
@@ -1048,9 +1174,13 @@ def run(settings: Settings) -> dict[str, Any]:
                              f", COUNT MISMATCH forwarder {got.forwarder_frames}, sink {got.sink_frames} + "
                              f"{got.sink_drops} + backlog drops {got.path_drops}")
                           + (f", {got.sink_late} frames OUT OF ORDER" if got.sink_late else ""))
+            if tcp is not None:
+                tcp.round(k, settings.repeat, failed)
+        if tcp is not None:
+            tcp_doc = tcp.report()
     for row in rows.values():
         if row.datapath in failed and not row.runs:
             row.skipped = failed[row.datapath]
     notes += [f"{name} stopped after {min(len(r.runs) for r in rows.values() if r.datapath == name)} run(s): "
               f"{reason}" for name, reason in failed.items() if any(r.runs for r in rows.values() if r.datapath == name)]
-    return report(settings, list(rows.values()), lab.tag, notes, time.monotonic() - started)
+    return report(settings, list(rows.values()), tcp_doc, lab.tag, notes, time.monotonic() - started)

@@ -1,10 +1,11 @@
-"""Lab measurements for `eoe_filter bench`: the traffic generator's ceiling
-and the C baseline's forwarding rate, each in throw-away namespaces.
+"""The lab's shared pieces for `eoe_filter bench` and the other measurements: interface names, the test
+frames, the CPU layout, the C original's start and stop; and the traffic generator's own ceiling.
 
-Run as a script (`python -m eoe_filter.bench.lab_measure`, as root) to
-print the figures. Generator, forwarder and sink are separate processes
-pinned to chosen CPUs; the frames are built here, independently of the
-codecs under test, so a codec bug cannot cancel itself out.
+The frames are built here, independently of the codecs under test, so a
+codec bug cannot cancel itself out. Run as a script
+(`python -m eoe_filter.bench.lab_measure`, as root) to print how many
+frames/s one generator process can offer on this machine: the bench's
+"generator-limited" rows are limited by this.
 """
 
 from __future__ import annotations
@@ -16,22 +17,11 @@ import signal
 import statistics
 import struct
 import subprocess
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..lab import Lab
-from .cbuild import build_c_original
-from .traffic import (
-    FIELD_SIZE,
-    Generator,
-    GenReport,
-    InNetns,
-    Sink,
-    SinkReport,
-    socket_offset,
-)
+from .traffic import FIELD_SIZE, Generator, InNetns
 
 LAB_PREFIX = "efbench"
 NET_IF, PEER_IF, TAP_IF = "net0", "peer0", "tapc"
@@ -39,7 +29,6 @@ EOE_HDR = 22
 INNER_SEQ = 14  # sequence number right after the inner Ethernet header
 INNER_TS = INNER_SEQ + FIELD_SIZE
 INNER_ETHERTYPE = 0x88B5  # IEEE local experimental: nothing in the stack handles it
-Direction = Literal["net_to_tap", "tap_to_net"]
 
 
 def inner_frame(size: int) -> bytes:
@@ -96,43 +85,6 @@ def generator_ceiling(frame_size: int, *, repeats: int = 3, duration: float = 1.
     return Figure(tuple(runs))
 
 
-@dataclass(frozen=True, slots=True)
-class ForwardRun:
-    """One C-baseline run: what was offered, what the sink got, the
-    forwarder's own counters and its CPU time (user + system)."""
-
-    direction: Direction
-    offered: GenReport
-    received: SinkReport
-    counters: dict[str, dict[str, int]]
-    cpu_seconds: float
-
-    @property
-    def forwarded(self) -> int:
-        return self.counters[self.direction]["fwd"]
-
-    @property
-    def forwarded_rate(self) -> float:
-        """Frames the forwarder wrote per second of offered traffic."""
-        return self.forwarded / self.offered.seconds if self.offered.seconds > 0 else 0.0
-
-    @property
-    def cpu_ns_per_frame(self) -> float:
-        return self.cpu_seconds * 1e9 / self.forwarded if self.forwarded else float("nan")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system time of a process, all threads, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _pin(pid: int, cpu: int) -> None:
-    """Pin every thread of a running process (threads do not inherit later changes)."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        os.sched_setaffinity(int(tid), {cpu})
-
-
 def wait_ready(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     """Wait for c_original's "ready" line (its TAP is up, both threads run)."""
     assert proc.stdout is not None
@@ -159,67 +111,11 @@ def stop_c_original(proc: subprocess.Popen[Any], timeout: float = 10.0) -> dict[
     return counters
 
 
-def c_baseline(
-    binary: Path,
-    direction: Direction,
-    *,
-    inner_size: int = 64,
-    duration: float = 2.0,
-    rate: float | None = None,
-    cpus: tuple[int, int, int] | None = None,
-) -> ForwardRun:
-    """Forwarding rate of c_original in one direction: generator on the
-    veth peer -> c_original -> sink on the TAP (net_to_tap), or generator
-    writing into the TAP through a packet socket -> c_original -> sink on
-    the veth peer (tap_to_net). `cpus` = (generator, forwarder, sink),
-    default_cpus() if None."""
-    cpu_gen, cpu_fwd, cpu_sink = cpus or default_cpus()
-    inner = inner_frame(inner_size)
-    with Lab(LAB_PREFIX) as lab:
-        dut, peer = lab.netns("dut"), lab.netns("peer")
-        lab.veth(dut, NET_IF, peer, PEER_IF)
-        proc = lab.start(dut, [str(binary), "-n", NET_IF, "-t", TAP_IF], stdout=subprocess.PIPE, text=True)
-        wait_ready(proc)
-        _pin(proc.pid, cpu_fwd)
-        if direction == "net_to_tap":
-            gen_at = (peer, functools.partial(Generator, PEER_IF, eoe_frame(inner),
-                                              seq_offset=EOE_HDR + INNER_SEQ, ts_offset=EOE_HDR + INNER_TS))
-            sink_at = (dut, functools.partial(Sink, TAP_IF, seq_offset=INNER_SEQ, ts_offset=INNER_TS))
-        else:
-            gen_at = (dut, functools.partial(Generator, TAP_IF, inner, seq_offset=INNER_SEQ, ts_offset=INNER_TS))
-            sink_at = (peer, functools.partial(Sink, PEER_IF,
-                                               seq_offset=socket_offset(EOE_HDR + INNER_SEQ, tagged=True),
-                                               ts_offset=socket_offset(EOE_HDR + INNER_TS, tagged=True)))
-        with InNetns(*sink_at, cpu=cpu_sink) as sink, InNetns(*gen_at, cpu=cpu_gen) as gen:
-            cpu0 = _cpu_seconds(proc.pid)
-            sink.start(idle=1.0, duration=duration + 10)
-            gen.start(duration=duration, rate=rate)
-            offered = gen.result(duration + 30)
-            received = sink.result(30)
-            cpu = _cpu_seconds(proc.pid) - cpu0
-        return ForwardRun(direction, offered, received, stop_c_original(proc), cpu)
-
-
 def main() -> None:
-    """Print the generator ceiling and the C baseline's rates."""
+    """Print the generator ceiling (the C original's rates: `eoe_filter bench --datapaths c`)."""
     for size in (64, 1400):
         fig = generator_ceiling(size)
         print(f"generator {size:4d} B: median {fig.median:12,.0f} frames/s  runs {[round(r) for r in fig.runs]}")
-    with tempfile.TemporaryDirectory() as tmp:
-        built = build_c_original(Path(tmp))
-        if built.binary is None:
-            print(f"C baseline skipped: {built.reason}")
-            return
-        for direction in ("net_to_tap", "tap_to_net"):
-            run = c_baseline(built.binary, direction)
-            lat = run.received.latency
-            print(
-                f"c_original {direction}: offered {run.offered.rate:12,.0f}/s"
-                f"  forwarded {run.forwarded_rate:12,.0f}/s  sink {run.received.rate:12,.0f}/s"
-                f"  cpu {run.cpu_ns_per_frame:6.0f} ns/frame"
-                f"  sink drops {run.received.socket_drops}  counters {run.counters[direction]}"
-                + (f"  latency p50 {lat.p50 / 1000:.0f} us p99 {lat.p99 / 1000:.0f} us" if lat else "")
-            )
 
 
 if __name__ == "__main__":

@@ -27,10 +27,11 @@ into a veth, one pinned generator process):
   a veth/TAP lab that is the generator's or the forwarder's CPU, not the
   sink's.
 
-Kernel ABI structures use ctypes native layout; wire fields are big-endian
-`struct` formats.  Sockets are created in the network namespace of the
-calling thread; `InNetns` runs a generator or a sink in a child process
-inside a named namespace, pinned to a CPU.
+Kernel ABI numbers come from link/abi.py and its structures use ctypes
+native layout; wire fields are big-endian `struct` formats.  Sockets are
+created in the network namespace of the calling thread; `InNetns` runs a
+generator or a sink in a child process inside a named namespace, pinned to
+a CPU.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ import ctypes
 import errno
 import multiprocessing
 import os
-import platform
 import resource
 import select
 import socket
@@ -50,35 +50,20 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
+from multiprocessing.process import BaseProcess
 from typing import Any, Protocol, Self
 
-# --- kernel constants (identical on every Linux architecture) -----------------
-SOL_PACKET = 263
-PACKET_AUXDATA = 8
-PACKET_STATISTICS = 6
-PACKET_QDISC_BYPASS = 20
-PACKET_IGNORE_OUTGOING = 23
-ETH_P_ALL = 0x0003
-ETH_P_8021Q = 0x8100
-TP_STATUS_VLAN_VALID = 1 << 4
-TP_STATUS_VLAN_TPID_VALID = 1 << 6
-CLONE_NEWNET = 0x40000000
-NETNS_DIR = Path("/var/run/netns")
-
-
-def _bufforce_options() -> tuple[int, int]:
-    """SO_SNDBUFFORCE/SO_RCVBUFFORCE, whose numbers differ by architecture
-    (Python's socket module does not export them)."""
-    machine = platform.machine()
-    if machine.startswith("mips"):
-        return 31, 33
-    if machine.startswith(("parisc", "sparc", "alpha")):
-        return 0x100A, 0x100B
-    return 32, 33
-
-
-SO_SNDBUFFORCE, SO_RCVBUFFORCE = _bufforce_options()
+from ..lab import enter_netns
+from ..link.abi import (
+    ABI,
+    ETH_P_ALL,
+    PACKET_AUXDATA,
+    PACKET_IGNORE_OUTGOING,
+    PACKET_QDISC_BYPASS,
+    PACKET_STATISTICS,
+    SOL_PACKET,
+    TPACKET_STATS,
+)
 
 FIELD_SIZE = 8  # sequence numbers and timestamps are big-endian u64
 _U64 = struct.Struct(">Q")
@@ -107,22 +92,6 @@ class Mmsghdr(ctypes.Structure):
     _fields_ = [("msg_hdr", Msghdr), ("msg_len", ctypes.c_uint)]
 
 
-class TpacketAuxdata(ctypes.Structure):
-    _fields_ = [
-        ("tp_status", ctypes.c_uint32),
-        ("tp_len", ctypes.c_uint32),
-        ("tp_snaplen", ctypes.c_uint32),
-        ("tp_mac", ctypes.c_uint16),
-        ("tp_net", ctypes.c_uint16),
-        ("tp_vlan_tci", ctypes.c_uint16),
-        ("tp_vlan_tpid", ctypes.c_uint16),
-    ]
-
-
-class TpacketStats(ctypes.Structure):
-    _fields_ = [("tp_packets", ctypes.c_uint32), ("tp_drops", ctypes.c_uint32)]
-
-
 _libc = ctypes.CDLL(None, use_errno=True)
 _sendmmsg = _libc.sendmmsg
 _sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
@@ -130,31 +99,18 @@ _sendmmsg.restype = ctypes.c_int
 _recvmmsg = _libc.recvmmsg
 _recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
 _recvmmsg.restype = ctypes.c_int
-_setns = _libc.setns
-_setns.argtypes = [ctypes.c_int, ctypes.c_int]
-_setns.restype = ctypes.c_int
 
 _TRANSIENT = frozenset({errno.ENOBUFS, errno.EAGAIN, errno.EINTR})
 
 
-# --- network namespaces -------------------------------------------------------
-def enter_netns(name: str) -> None:
-    """Move the calling thread into /var/run/netns/NAME for good (ctypes
-    setns, as os.setns needs Python 3.12); its sockets are created there."""
-    fd = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {name}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-# --- plain packet sockets and the wire view -----------------------------------
+# --- plain packet sockets -----------------------------------------------------
 def open_packet_socket(ifname: str, *, receive: bool = True, auxdata: bool = True) -> socket.socket:
     """A raw packet socket bound to ifname that ignores its own host's
-    outgoing frames; with auxdata=True `recv_wire` can rebuild VLAN tags.
-    A socket with receive=False gets no frames at all (send-only)."""
+    outgoing frames; with auxdata=True `link.packet_socket.wire_view` can
+    rebuild VLAN tags. A socket with receive=False gets no frames at all
+    (send-only). Unlike link.packet_socket.PacketSocket it leaves the
+    buffers and PACKET_AUXDATA to the caller: a sink asks for no
+    ancillary data per frame."""
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
         sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
@@ -165,23 +121,6 @@ def open_packet_socket(ifname: str, *, receive: bool = True, auxdata: bool = Tru
         sock.close()
         raise
     return sock
-
-
-_AUX_SPACE = socket.CMSG_SPACE(ctypes.sizeof(TpacketAuxdata))
-
-
-def recv_wire(sock: socket.socket, bufsize: int = 65557) -> bytes:
-    """Receive one frame as it was on the wire: the kernel moves an outer
-    802.1Q/802.1ad tag out of the data into PACKET_AUXDATA, and this puts
-    it back at offset 12 (as libpcap does). Needs PACKET_AUXDATA enabled."""
-    data, ancdata, _flags, _addr = sock.recvmsg(bufsize, _AUX_SPACE)
-    for level, kind, raw in ancdata:
-        if level == SOL_PACKET and kind == PACKET_AUXDATA:
-            aux = TpacketAuxdata.from_buffer_copy(raw.ljust(ctypes.sizeof(TpacketAuxdata), b"\0"))
-            if aux.tp_status & TP_STATUS_VLAN_VALID:
-                tpid = aux.tp_vlan_tpid if aux.tp_status & TP_STATUS_VLAN_TPID_VALID else ETH_P_8021Q
-                return data[:12] + struct.pack("!HH", tpid, aux.tp_vlan_tci) + data[12:]
-    return data
 
 
 def socket_offset(wire_offset: int, tagged: bool) -> int:
@@ -230,9 +169,9 @@ def _build_msgs(
 def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
     """SO_*BUFFORCE (root may exceed net.core.*mem_max), else the capped option."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, force, size)
+        sock.setsockopt(ABI.SOL_SOCKET, force, size)
     except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, plain, size)
+        sock.setsockopt(ABI.SOL_SOCKET, plain, size)
 
 
 def _cpu_since(before: resource.struct_rusage) -> tuple[float, float]:
@@ -311,7 +250,7 @@ class Generator:
         try:
             if qdisc_bypass:
                 self._sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
-            _set_buffer(self._sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf)
+            _set_buffer(self._sock, ABI.SO_SNDBUFFORCE, ABI.SO_SNDBUF, sndbuf)
         except BaseException:
             self._sock.close()
             raise
@@ -467,7 +406,7 @@ class Sink:
         self._max_latency_samples = max_latency_samples
         self._sock = open_packet_socket(ifname, receive=False, auxdata=False)
         try:
-            _set_buffer(self._sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf)
+            _set_buffer(self._sock, ABI.SO_RCVBUFFORCE, ABI.SO_RCVBUF, rcvbuf)
             # Bind only now that the options are set: the hook starts here.
             self._sock.bind((ifname, ETH_P_ALL))
         except BaseException:
@@ -476,8 +415,8 @@ class Sink:
 
     def _socket_drops(self) -> int:
         """Drops since the last call (the kernel resets the counters on read)."""
-        raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, ctypes.sizeof(TpacketStats))
-        return TpacketStats.from_buffer_copy(raw).tp_drops
+        raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, TPACKET_STATS.size)
+        return int(TPACKET_STATS.unpack(raw)[1])
 
     def run(
         self,
@@ -604,6 +543,19 @@ def _child_main(conn: Connection, netns: str | None, cpu: int | None, factory: C
         runner.close()
 
 
+def expect(conn: Connection, proc: BaseProcess, what: str, timeout: float | None) -> Any:
+    """A traffic child's next ("kind", value) report's value; its silence, death or traceback raised here."""
+    if not conn.poll(timeout):
+        raise TimeoutError(f"child {proc.pid} did not report {what!r} in {timeout} s")
+    try:
+        kind, value = conn.recv()
+    except EOFError:
+        raise RuntimeError(f"child {proc.pid} died (exit code {proc.exitcode})") from None
+    if kind == "error":
+        raise RuntimeError(f"child {proc.pid} failed:\n{value}")
+    return value
+
+
 class InNetns:
     """A Generator or Sink built by `factory` in a child process that has
     entered network namespace `netns` (None: stay) and is pinned to `cpu`,
@@ -627,15 +579,7 @@ class InNetns:
             raise
 
     def _expect(self, what: str, timeout: float | None) -> Any:
-        if not self._conn.poll(timeout):
-            raise TimeoutError(f"child {self._proc.pid} did not report {what!r} in {timeout} s")
-        try:
-            kind, value = self._conn.recv()
-        except EOFError:
-            raise RuntimeError(f"child {self._proc.pid} died (exit code {self._proc.exitcode})") from None
-        if kind == "error":
-            raise RuntimeError(f"child {self._proc.pid} failed:\n{value}")
-        return value
+        return expect(self._conn, self._proc, what, timeout)
 
     def start(self, **run_kwargs: Any) -> None:
         self._conn.send(run_kwargs)

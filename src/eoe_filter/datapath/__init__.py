@@ -27,9 +27,15 @@ class DatapathContext:
     """Called (from any thread) with a one-line reason when the service cannot go on."""
     log: logging.Logger
     debug: int
+    choice: str = ""
+    """Why `auto` chose what it chose (filled in by auto; shown by `stats`)."""
 
 
 class Datapath(Protocol):
+    name: str
+    capabilities: frozenset[int]
+    """What it needs to go on under --user, beyond the relay's: the forwarder keeps these too."""
+
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def alive(self) -> bool:
@@ -70,7 +76,9 @@ def auto(ctx: DatapathContext) -> Datapath:
     try:
         chosen: Datapath = EbpfDatapath(ctx)
     except Unavailable as e:
-        ctx.log.info("datapath auto: fast, because %s", e)
+        ctx.choice = f"fast, because {e}"
+        ctx.log.info("datapath auto: %s", ctx.choice)
         return FastDatapath(ctx)
-    ctx.log.info("datapath auto: ebpf, because the kernel took every program")
+    ctx.choice = "ebpf, because the kernel took every program"
+    ctx.log.info("datapath auto: %s", ctx.choice)
     return chosen

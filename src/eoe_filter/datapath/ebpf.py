@@ -12,7 +12,11 @@ Differences from the userspace datapaths (LIMITS):
 - a frame the relay takes is redirected: the host's stack no longer sees it
   on the network interface, where a raw socket only copied it;
 - nothing is logged per frame (-d), and -dd hex dumps are refused;
+- no forwarding threads: the original's four thread start-up lines give way
+  to one, "kernel datapath attached (eBPF): ...";
 - the kernel counts what -F refuses, which userspace could not;
+- the shared counters (SIGUSR1, `stats`) lag the kernel's by up to 0.1 s;
+  the exit summary is exact;
 - a frame the kernel refuses after a redirect is counted as TAP or network
   down when that interface was down within the last 0.1 s, else as "no
   buffers" (userspace saw ENOBUFS; a full backlog behind a TAP write it
@@ -26,6 +30,12 @@ Differences from the userspace datapaths (LIMITS):
 - a veth peer that hands the EOE tag over out of band (transmit VLAN
   offload) is detected per frame and counted as "other"; a NIC with receive
   VLAN offload makes `auto` fall back to userspace;
+- a driver whose native XDP keeps no metadata (bpf_xdp_adjust_meta fails;
+  veth and generic XDP keep it) leaves every EOE frame to the host's stack,
+  each counted as "other";
+- after SIGKILL, programs attached through netlink (no BPF links: Linux
+  before 6.6 for tc, 5.9 for XDP) stay attached until the next start
+  replaces them; `eoe_filter cleanup` does not remove them;
 - the original of every frame sent is freed by the kernel as a drop (the
   copy is what travels): drop monitors see one per frame.
 """
@@ -52,6 +62,7 @@ from ..ebpf.netdev import LinkWatch, Segmenter, strips_vlan_tags
 from ..link.netif import IFF_UP
 from ..link.packet_socket import PacketSocket
 from ..log import RateLimited
+from ..privileges import CAP_BPF, CAP_NET_ADMIN
 from ..relays.base import Unavailable
 from ..wire.accept import AcceptRule
 from ..wire.drops import DropReason
@@ -63,9 +74,6 @@ SYNC_INTERVAL = 0.1
 """How stale the shared counters (SIGUSR1, `stats`; the exit summary is exact) may be, in seconds."""
 SETTLE = 0.02
 """Ample time for a frame redirected into the TAP to land there (a softirq's backlog run)."""
-PARKED_PROTOCOL = 0x05FF
-"""Below 0x0600 an Ethernet type field is a length, and the stack files such frames as 802.2/802.3
-(ETH_P_802_2, ETH_P_802_3): no frame is ever of protocol 0x05ff. (Binding to 0 would keep the old one.)"""
 ATTACH_ENV = "EOE_FILTER_BPF_ATTACH"
 """Force how programs are attached: "link" (BPF links) or "netlink" (clsact filters, IFLA_XDP); unset probes."""
 _U64 = (1 << 64) - 1
@@ -90,6 +98,10 @@ def unavailable_reason(e: sc.BpfError) -> str:
 
 class EbpfDatapath:
     """Programs loaded and attached on construction; raises Unavailable with the reason otherwise."""
+
+    name = "ebpf"
+    capabilities = frozenset({CAP_BPF, CAP_NET_ADMIN})
+    """Loading programs and maps again (a re-created interface or TAP) and attaching them."""
 
     def __init__(self, ctx: DatapathContext) -> None:
         self.ctx = ctx
@@ -193,7 +205,7 @@ class EbpfDatapath:
                 continue
             try:
                 if mute:
-                    port.sock.bind((port.ifname, PARKED_PROTOCOL))
+                    port.mute()
                 else:
                     port.bind(port.ifname, port.ifindex)
             except OSError as e:  # the interface is gone: the forwarder binds again when it comes back

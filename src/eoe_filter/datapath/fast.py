@@ -17,6 +17,14 @@ Everything else is `simple`'s: the relay edits, the error policy, the
 counters' meaning, the log lines. With -d/-dd the workers run simple's
 per-frame loop, so the debug lines and hex dumps are the same.
 
+With `--workers N` (N > 1, relay eoe) there are N such pairs of workers.
+Pair k reads and writes queue k of a multi-queue TAP and its own network
+socket, member k of a PACKET_FANOUT group whose classic BPF program
+(bpf_classic.eoe_fanout_program) hashes the inner flow: every frame of a
+flow goes through the same pair, in order. The kernel keeps a flow the
+host sends on one TAP queue (link/tap.py). Each worker counts in a block
+of its own of the shared counters.
+
 The parent keeps the ports open and supervises: a worker writes a fatal
 condition (a deleted interface) to its report pipe before it ends, and a
 worker that ends unasked is reported too. Workers ignore SIGINT, SIGTERM
@@ -44,6 +52,7 @@ from typing import Any, NoReturn, cast
 
 from ..counters import DirectionCounters
 from ..link.abi import TP_STATUS_VLAN_TPID_VALID, TP_STATUS_VLAN_VALID
+from ..link.bpf_classic import eoe_fanout_program
 from ..link.mmsg import SendBatch
 from ..link.packet_socket import RX_HEADROOM, PacketSocket
 from ..link.ring import (
@@ -54,7 +63,7 @@ from ..link.ring import (
     interface_mtu,
 )
 from ..link.tap import Tap
-from ..relays.base import Port
+from ..relays.base import Port, Unavailable
 from ..wire.drops import DropReason
 from ..wire.eoe import BUFFER_SIZE, ETH_HEADER_LEN
 from ..wire.vlan import TAG_LEN, TPID_8021Q, restore_tag_into
@@ -67,6 +76,8 @@ Spec = tuple[str, Port, Port, EditFn, int, DirectionCounters]
 BURST = 64
 """Frames per wake-up and per sendmmsg: amortises the calls, adds at most a burst's time of latency."""
 STOP_TIMEOUT = 1.0
+WATCH_TICK_MS = 500
+"""How often the supervisor of a fanout group reads its members' queue drops and checks the binding."""
 DEFAULT_MTU = 1500
 _ALIGN = 16
 _PACKET_OUTGOING = 4  # sll_pkttype of our own frames, seen only where PACKET_IGNORE_OUTGOING is missing
@@ -306,32 +317,100 @@ class _Worker:
 
 
 class FastDatapath:
-    """Two worker processes and their supervision; the parent keeps the ports and the control loop."""
+    """Two worker processes per pair and their supervision; the parent keeps the ports and the control loop."""
+
+    name = "fast"
+    capabilities: frozenset[int] = frozenset()
 
     def __init__(self, ctx: DatapathContext) -> None:
         self.ctx = ctx
-        relay, c = ctx.relay, ctx.counters
-        self._specs: list[Spec] = [
-            ("net to service", ctx.net, ctx.service, relay.net_to_service, 0, c.net_to_service),
-            ("service to net", ctx.service, ctx.net, relay.service_to_net, relay.service_headroom, c.service_to_net),
-        ]
+        self.pairs = ctx.relay.options.workers
+        """Worker pairs (`--workers`), each with a TAP queue and a fanout socket of its own when more than one."""
+        self._members: list[PacketSocket] = []
+        self._member_index = 0
+        """The interface index the members are bound to: the forwarder re-binds only its own socket."""
         self._workers: list[_Worker] = []
         self._stop_write = -1
         self._stopping = False
         self._watcher: threading.Thread | None = None
 
+    def _pair(self, net: PacketSocket, service: Port, counters: tuple[DirectionCounters, DirectionCounters],
+              suffix: str = "") -> list[Spec]:
+        relay = self.ctx.relay
+        return [
+            ("net to service" + suffix, net, service, relay.net_to_service, 0, counters[0]),
+            ("service to net" + suffix, service, net, relay.service_to_net, relay.service_headroom, counters[1]),
+        ]
+
     def start(self) -> None:
         log_creating(self.ctx)
-        rings = [self._ring_for(spec) for spec in self._specs]
+        ctx = self.ctx
+        if self.pairs == 1:
+            specs = self._pair(ctx.net, ctx.service, ctx.counters.directions)
+        else:
+            assert isinstance(ctx.service, Tap), "--workers is for relay eoe (config.build_options)"
+            members = zip(self._join_fanout(), ctx.counters.workers_counters)
+            specs = [spec for k, (member, counters) in enumerate(members)
+                     for spec in self._pair(member, ctx.service.queue(k), counters, f" [{k}]")]
+        rings = [self._ring_for(spec) for spec in specs]
         stop_read, self._stop_write = os.pipe2(os.O_CLOEXEC)
         try:
-            for spec, ring in zip(self._specs, rings):
+            for spec, ring in zip(specs, rings):
                 self._workers.append(self._fork(spec, ring, stop_read))
         finally:
             os.close(stop_read)
         self._watcher = threading.Thread(target=self._watch, name="workers", daemon=True)
         self._watcher.start()
         log_waiting(self.ctx)
+
+    def _join_fanout(self) -> list[PacketSocket]:
+        """A socket per pair on the network interface, in one PACKET_FANOUT_CBPF group.
+
+        The forwarder's own socket stays out of the group, because the
+        forwarder binds it again to a re-created interface and a member
+        cannot be bound again: it is muted (its promiscuous membership kept)
+        once its queue is forwarded, and the watcher restarts the datapath
+        when the forwarder re-binds it. A frame that arrives while the
+        members are made is lost: this happens at start and restart only.
+        """
+        ctx, net = self.ctx, self.ctx.net
+        options = ctx.relay.options
+        try:
+            net.mute()
+        except OSError as e:
+            raise Unavailable(f"cannot start {self.pairs} workers on {net.ifname}: {e.strerror}") from None
+        assert isinstance(ctx.service, Tap)
+        _drain_queue(self._pair(net, ctx.service, ctx.counters.directions)[0], ctx.on_fatal, ctx.log)
+        program, fanout = ctx.relay.classic_filter() if options.filter else None, eoe_fanout_program(self.pairs)
+        group = 0
+        try:
+            for _ in range(self.pairs):
+                member = PacketSocket(program)
+                self._members.append(member)
+                if options.qdisc_bypass:
+                    member.bypass_qdisc()
+                member.bind(net.ifname, net.ifindex)
+                group = member.join_fanout(group, fanout)
+        except OSError as e:
+            self._close_members()
+            raise Unavailable(f"cannot start {self.pairs} workers on {net.ifname}: {e.strerror}") from None
+        self._member_index = net.ifindex
+        return self._members
+
+    def _close_members(self) -> None:
+        for member in self._members:
+            member.close()
+        self._members = []
+
+    def _collect_queue_drops(self) -> None:
+        """What the members' rings had no room for; the forwarder reads only its own (muted) socket's."""
+        for member, (counters, _) in zip(self._members, self.ctx.counters.workers_counters):
+            try:
+                _, drops = member.take_statistics()
+            except OSError:
+                continue
+            if drops:
+                counters.drop(DropReason.QUEUE_OVERFLOW, drops)
 
     def _ring_for(self, spec: Spec) -> RxRing | None:
         """Install the RX ring of a packet socket source here, before start() returns: a frame that
@@ -390,8 +469,9 @@ class FastDatapath:
                 poller.register(fd, select.POLLIN)
                 owner[fd] = w
         running = len(self._workers)
+        rebound = False
         while running:
-            for fd, _ in poller.poll():
+            for fd, _ in poller.poll(WATCH_TICK_MS if self._members else None):
                 w = owner[fd]
                 if fd == w.report:
                     if not self._read_report(w):
@@ -404,6 +484,12 @@ class FastDatapath:
                 w.status = os.waitpid(w.pid, 0)[1]
                 if not self._stopping and not w.reported:
                     self.ctx.on_fatal(f"{w.name} worker (pid {w.pid}) {_ended(w.status)}")
+            if self._members:
+                self._collect_queue_drops()
+                if self.ctx.net.ifindex != self._member_index and not rebound:
+                    rebound = True
+                    self.ctx.on_fatal(f"network interface {self.ctx.net.ifname} was re-created; "
+                                      "the fanout group follows it")
 
     def _read_report(self, w: _Worker) -> bool:
         """Pass on the lines waiting in w's report pipe; False at its end."""
@@ -414,7 +500,7 @@ class FastDatapath:
         return bool(data)
 
     def alive(self) -> bool:
-        """Both workers run (what the systemd watchdog vouches for)."""
+        """Every worker runs (what the systemd watchdog vouches for)."""
         return not self._stopping and bool(self._workers) and all(w.status is None for w in self._workers)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
@@ -436,6 +522,8 @@ class FastDatapath:
         for w in self._workers:
             os.close(w.pidfd)
             os.close(w.report)
+        self._collect_queue_drops()
+        self._close_members()
 
 
 def _work(direction: Direction, stop_read: int, parent: int) -> NoReturn:

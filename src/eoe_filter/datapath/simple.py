@@ -127,6 +127,9 @@ class Direction(threading.Thread):
 class SimpleDatapath:
     """Two Direction threads and the pipe that stops them."""
 
+    name = "simple"
+    capabilities: frozenset[int] = frozenset()
+
     def __init__(self, ctx: DatapathContext) -> None:
         self.ctx = ctx
         self._stop_read, self._stop_write = os.pipe2(os.O_CLOEXEC)
@@ -152,6 +155,7 @@ class SimpleDatapath:
             d.stopping = True
         os.write(self._stop_write, b"x")
         for d in self.directions:
-            d.join(timeout)
+            if d.ident is not None:  # started
+                d.join(timeout)
         os.close(self._stop_read)
         os.close(self._stop_write)

@@ -1,22 +1,21 @@
-"""What the kernel datapath costs and gains, against the C baseline and the userspace datapaths.
+"""What the kernel datapath costs in CPU machine-wide, against the C original and the userspace datapaths.
 
 Run as root: `python -m eoe_filter.ebpf.measure [--rate N] [--seconds S] [--repeats R]`.
+Throughput, latency and TCP through two forwarders are `eoe_filter bench`'s
+figures; this adds the cost the bench's per-process CPU figures cannot see.
 
-* CPU per frame: the eBPF datapath has no process of its own; its programs
-  run in softirq context, which this kernel (tick accounting, no
-  IRQ_TIME_ACCOUNTING) charges to the task it interrupts: the generator's
-  or sink's sending and receiving threads (softirqs run when their system
-  calls re-enable bottom halves) or ksoftirqd. So the cost is the CPU time
-  of everything the traffic touches (generator and sink threads, the
-  forwarder's processes, ksoftirqd) around a fixed offered load of 64-byte
-  inner frames, one direction at a time, minus the same for a plain veth
-  pair (generator and sink alone), per delivered frame. Other load on the
-  machine is left out, except what it takes of ksoftirqd.
-  For the eBPF datapath, the time spent in its programs themselves (the
-  kernel's run-time statistics) is shown too: the rest is the kernel's own
-  work on the frames (XDP on a veth, skbs, the TAP's receive path).
-* Latency: one-way p50/p99 at a low rate in small batches, as the sink sees it.
-* TCP: iperf3 through two forwarders back to back, against a plain veth pair.
+The eBPF datapath has no process of its own; its programs run in softirq
+context, which this kernel (tick accounting, no IRQ_TIME_ACCOUNTING) charges
+to the task it interrupts: the generator's or sink's sending and receiving
+threads (softirqs run when their system calls re-enable bottom halves) or
+ksoftirqd. So the cost is the CPU time of everything the traffic touches
+(generator and sink threads, the forwarder's processes, ksoftirqd) around a
+fixed offered load of 64-byte inner frames, one direction at a time, minus
+the same for a plain veth pair (generator and sink alone), per delivered
+frame. Other load on the machine is left out, except what it takes of
+ksoftirqd. For the eBPF datapath, the time spent in its programs themselves
+(the kernel's run-time statistics) is shown too: the rest is the kernel's
+own work on the frames (XDP on a veth, skbs, the TAP's receive path).
 """
 
 from __future__ import annotations
@@ -25,116 +24,34 @@ import argparse
 import functools
 import json
 import os
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..bench.cbuild import build_c_original
+from ..bench.command import ForwarderProcess
 from ..bench.lab_measure import (
     EOE_HDR,
     INNER_SEQ,
     INNER_TS,
+    NET_IF,
+    PEER_IF,
+    TAP_IF,
+    default_cpus,
     eoe_frame,
     inner_frame,
-    stop_c_original,
-    wait_ready,
 )
+from ..bench.procstat import cpu_seconds, ksoftirqd
 from ..bench.traffic import Generator, InNetns, Sink, socket_offset
 from ..lab import Lab, in_netns
 from . import syscall as sc
 
 PREFIX = "efebpf"
-NET, PEER, TAP = "net0", "peer0", "tapm"
-READY = {"ebpf": "kernel datapath attached", "fast": "service to net thread is waiting for data",
-         "simple": "service to net thread is waiting for data"}
 WAYS = ("net_to_tap", "tap_to_net")
-MIRROR = ["--op-code", "1", "--downstream", "1", "--dmac", "06:00:00:00:00:78", "--smac", "06:00:00:00:00:f8"]
-
-
-def _stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def tree(pid: int) -> list[int]:
-    """pid and its descendants (the fast datapath's workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            children.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
-        except (OSError, IndexError):
-            continue
-    found, todo = [], [pid]
-    while todo:
-        found.append(todo.pop())
-        todo.extend(children.get(found[-1], []))
-    return found
-
-
-def cpu_seconds(pids: list[int]) -> tuple[float, float]:
-    """(user + system, system) seconds of the processes, all their threads."""
-    user = system = 0
-    for pid in pids:
-        try:
-            fields = _stat(pid)
-        except OSError:
-            continue
-        user, system = user + int(fields[11]), system + int(fields[12])
-    hz = os.sysconf("SC_CLK_TCK")
-    return (user + system) / hz, system / hz
-
-
-def ksoftirqd(cpu: int) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == f"ksoftirqd/{cpu}":
-                found.append(int(pid))
-        except OSError:  # a process that just exited
-            continue
-    return found
-
-
-@contextmanager
-def forwarder(lab: Lab, ns: str, name: str, binary: Path | None) -> Iterator[list[int]]:
-    """The forwarder under test on net0 (none for "veth"), pinned to the last CPU, stopped by its PID.
-
-    Yields the PIDs of its processes.
-    """
-    if name == "veth":
-        yield []
-        return
-    if name == "c":
-        assert binary is not None
-        proc = lab.start(ns, [str(binary), "-n", NET, "-t", TAP], stdout=subprocess.PIPE, text=True)
-        wait_ready(proc)  # type: ignore[arg-type]
-    else:
-        proc = lab.start(ns, [sys.executable, "-m", "eoe_filter", "-n", NET, "-t", TAP, "-E", "--datapath", name],
-                         stdout=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if READY[name] in line:  # type: ignore[operator]
-                break
-        else:
-            raise RuntimeError(f"eoe_filter --datapath {name} exited before it was ready")
-    cpu = max(os.sched_getaffinity(0))
-    for tid in os.listdir(f"/proc/{proc.pid}/task"):  # the C original and the Python datapaths' threads
-        os.sched_setaffinity(int(tid), {cpu})
-    try:
-        yield tree(proc.pid)
-    finally:
-        if name == "c":
-            stop_c_original(proc)
-        else:
-            proc.send_signal(signal.SIGTERM)
-            proc.communicate(timeout=10)
 
 
 def attached_programs(lab: Lab, ns: str) -> list[int]:
@@ -163,61 +80,62 @@ class Run:
     forwarder_cpu: float
     programs: float
     """Seconds in the eBPF programs themselves (0 for the others)."""
-    p50_us: float | None
-    p99_us: float | None
 
 
-def run(name: str, way: str, *, rate: float, seconds: float, batch: int, binary: Path | None) -> Run:
+def run(name: str, way: str, *, rate: float, seconds: float, binary: Path | None, workdir: Path) -> Run:
     """One forwarder (or the plain veth), one way, a fixed offered load; the machine's busy time around it.
 
     The generator never bypasses the qdisc: frames must meet tc egress, as a
-    host's own traffic into the TAP does.
+    host's own traffic into the TAP does. Without a forwarder the sink
+    listens on the veth's other end, which sees the same frames.
     """
-    cpu = min(os.sched_getaffinity(0))
+    gen_cpu, fwd_cpu, _ = default_cpus()
     inner = inner_frame(64)
-    tagged = socket_offset(EOE_HDR + INNER_SEQ, tagged=True), socket_offset(EOE_HDR + INNER_TS, tagged=True)
+    down = functools.partial(Generator, PEER_IF, eoe_frame(inner), seq_offset=EOE_HDR + INNER_SEQ,
+                             ts_offset=EOE_HDR + INNER_TS, batch=64, qdisc_bypass=False)
+    tagged = {"seq_offset": socket_offset(EOE_HDR + INNER_SEQ, tagged=True),
+              "ts_offset": socket_offset(EOE_HDR + INNER_TS, tagged=True)}
+    plain = {"seq_offset": INNER_SEQ, "ts_offset": INNER_TS}
     with Lab(PREFIX) as lab:
         dut, peer = lab.netns("dut"), lab.netns("peer")
-        lab.veth(dut, NET, peer, PEER)
-        if name == "veth" and way == "net_to_tap":
-            gen = (peer, functools.partial(Generator, PEER, eoe_frame(inner), seq_offset=EOE_HDR + INNER_SEQ,
-                                           ts_offset=EOE_HDR + INNER_TS, batch=batch, qdisc_bypass=False))
-            sink = (dut, functools.partial(Sink, NET, seq_offset=tagged[0], ts_offset=tagged[1]))
-        elif name == "veth":
-            gen = (dut, functools.partial(Generator, NET, inner, seq_offset=INNER_SEQ, ts_offset=INNER_TS,
-                                          batch=batch, qdisc_bypass=False))
-            sink = (peer, functools.partial(Sink, PEER, seq_offset=INNER_SEQ, ts_offset=INNER_TS))
-        elif way == "net_to_tap":
-            gen = (peer, functools.partial(Generator, PEER, eoe_frame(inner), seq_offset=EOE_HDR + INNER_SEQ,
-                                           ts_offset=EOE_HDR + INNER_TS, batch=batch, qdisc_bypass=False))
-            sink = (dut, functools.partial(Sink, TAP, seq_offset=INNER_SEQ, ts_offset=INNER_TS))
+        lab.veth(dut, NET_IF, peer, PEER_IF)
+        service = NET_IF if name == "veth" else TAP_IF
+        if way == "net_to_tap":
+            gen = (peer, down)
+            sink = (dut, functools.partial(Sink, service, **(tagged if name == "veth" else plain)))
         else:
-            gen = (dut, functools.partial(Generator, TAP, inner, seq_offset=INNER_SEQ, ts_offset=INNER_TS,
-                                          batch=batch, qdisc_bypass=False))
-            sink = (peer, functools.partial(Sink, PEER, seq_offset=tagged[0], ts_offset=tagged[1]))
-        with forwarder(lab, dut, name, binary) as pids, InNetns(*sink, cpu=cpu) as s, InNetns(*gen, cpu=cpu) as g:
-            time.sleep(0.5)
-            programs = attached_programs(lab, dut) if name == "ebpf" else []
-            stats = sc.enable_stats()
-            try:
-                fwd0, soft0, prog0 = cpu_seconds(pids)[0], cpu_seconds(ksoftirqd(cpu))[0], program_time(programs)
-                s.start(idle=1.0, duration=seconds + 10)
-                g.start(duration=seconds, rate=rate)
-                sent = g.result(seconds + 30)
-                received = s.result(30)
-                fwd = cpu_seconds(pids)[0] - fwd0
-                soft = cpu_seconds(ksoftirqd(cpu))[0] - soft0
-                prog = program_time(programs) - prog0
-            finally:
-                os.close(stats)
-    latency = received.latency
+            gen = (dut, functools.partial(Generator, service, inner, batch=64, qdisc_bypass=False, **plain))
+            sink = (peer, functools.partial(Sink, PEER_IF, **(plain if name == "veth" else tagged)))
+        dut_proc = None if name == "veth" else ForwarderProcess(lab, dut, name, binary, workdir / f"{name}.log",
+                                                                {fwd_cpu})
+        pids = [] if dut_proc is None else dut_proc.processes()
+        softirq = [pid for cpu, pid in ksoftirqd().items() if cpu == gen_cpu]
+        try:
+            with InNetns(*sink, cpu=gen_cpu) as s, InNetns(*gen, cpu=gen_cpu) as g:
+                time.sleep(0.5)
+                programs = attached_programs(lab, dut) if name == "ebpf" else []
+                stats = sc.enable_stats()
+                try:
+                    fwd0, soft0, prog0 = cpu_seconds(pids), cpu_seconds(softirq), program_time(programs)
+                    s.start(idle=1.0, duration=seconds + 10)
+                    g.start(duration=seconds, rate=rate)
+                    sent = g.result(seconds + 30)
+                    received = s.result(30)
+                    fwd = cpu_seconds(pids) - fwd0
+                    soft = cpu_seconds(softirq) - soft0
+                    prog = program_time(programs) - prog0
+                finally:
+                    os.close(stats)
+        finally:
+            if dut_proc is not None:
+                dut_proc.stop()
     cpu_time = sent.cpu_user + sent.cpu_sys + received.cpu_user + received.cpu_sys + fwd + soft
-    return Run(received.frames, cpu_time, fwd, prog, latency.p50 / 1000 if latency else None,
-               latency.p99 / 1000 if latency else None)
+    return Run(received.frames, cpu_time, fwd, prog)
 
 
-def cpu_table(rate: float, seconds: float, repeats: int, binary: Path | None,
+def cpu_table(rate: float, seconds: float, repeats: int, binary: Path | None, workdir: Path,
               forwarders: list[str], ways: list[str]) -> list[str]:
+    """The table's lines: per way, each forwarder's CPU per frame above the plain veth's."""
     lines = [(f"CPU per frame at {rate:,.0f} frames/s offered for {seconds:g} s, 64-byte inner frames "
               "(CPU of everything the traffic touches, minus the plain veth's, per delivered frame; other load "
               f"only adds, so the least of {repeats} runs is the estimate, the median follows)")]
@@ -226,7 +144,7 @@ def cpu_table(rate: float, seconds: float, repeats: int, binary: Path | None,
         runs: dict[str, list[Run]] = {name: [] for name in names}
         for _ in range(repeats):  # interleaved: a disturbance hits every forwarder alike
             for name in names:
-                runs[name].append(run(name, way, rate=rate, seconds=seconds, batch=64, binary=binary))
+                runs[name].append(run(name, way, rate=rate, seconds=seconds, binary=binary, workdir=workdir))
         per_frame = {name: sorted(r.cpu / r.delivered for r in found) for name, found in runs.items()}
         base, base_median = per_frame["veth"][0], statistics.median(per_frame["veth"])
         cost = {}
@@ -245,53 +163,12 @@ def cpu_table(rate: float, seconds: float, repeats: int, binary: Path | None,
     return lines
 
 
-def latency_table(binary: Path | None, repeats: int, forwarders: list[str], ways: list[str]) -> list[str]:
-    lines = ["One-way latency at 20,000 frames/s in batches of 4 (sink's view, median of runs): p50 / p99 µs"]
-    names = ["veth", *(f for f in forwarders if f != "c" or binary is not None)]
-    for way in ways:
-        for name in names:
-            found = [run(name, way, rate=20_000, seconds=3, batch=4, binary=binary) for _ in range(repeats)]
-            p50 = statistics.median(r.p50_us for r in found if r.p50_us is not None)
-            p99 = statistics.median(r.p99_us for r in found if r.p99_us is not None)
-            lines.append(f"  {way:<10} {name:<5} p50 {p50:7.1f}  p99 {p99:7.1f}")
-    return lines
-
-
-def iperf(datapath: str | None, seconds: float) -> float:
-    """Gbit/s of one iperf3 TCP stream: through two forwarders back to back, or (None) over a plain veth pair."""
-    with Lab(PREFIX) as lab:
-        board, switch = lab.netns("board"), lab.netns("switch")
-        lab.veth(board, "eth0", switch, "eth0")
-        device = "eth0"
-        procs = []
-        if datapath is not None:
-            device = "tap-fwd"
-            for ns, extra in ((switch, MIRROR), (board, ["-F"])):
-                proc = lab.start(ns, [sys.executable, "-m", "eoe_filter", "-n", "eth0", "-t", device, "-E",
-                                      "--datapath", datapath, *extra], stdout=subprocess.PIPE, text=True)
-                assert proc.stdout is not None
-                for line in proc.stdout:
-                    if READY[datapath] in line:  # type: ignore[operator]
-                        break
-                procs.append(proc)
-        lab.run(board, ["ip", "addr", "add", "169.254.17.4/24", "dev", device], check=True)
-        lab.run(switch, ["ip", "addr", "add", "169.254.17.1/24", "dev", device], check=True)
-        server = lab.start(switch, ["iperf3", "-s", "-1", "-B", "169.254.17.1"], stdout=subprocess.DEVNULL)
-        time.sleep(0.5)
-        client = lab.run(board, ["iperf3", "-c", "169.254.17.1", "-t", str(seconds), "-J"], timeout=seconds + 30)
-        server.wait(10)
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-            proc.communicate(timeout=10)
-    return json.loads(client.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eoe_filter.ebpf.measure", description=__doc__.split("\n")[0])
-    p.add_argument("--rate", type=float, default=100_000, help="offered frames/s for the CPU figures")
+    p = argparse.ArgumentParser(prog="python -m eoe_filter.ebpf.measure", description=__doc__.split("\n")[0],
+                                epilog="Throughput, latency and TCP through two forwarders: eoe_filter bench.")
+    p.add_argument("--rate", type=float, default=100_000, help="offered frames/s (default 100000)")
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--skip", nargs="*", default=[], choices=["cpu", "latency", "tcp"])
     p.add_argument("--forwarders", nargs="+", default=["c", "fast", "ebpf"], choices=["c", "simple", "fast", "ebpf"])
     p.add_argument("--ways", nargs="+", default=list(WAYS), choices=WAYS)
     args = p.parse_args(argv)
@@ -302,17 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         built = build_c_original(Path(tmp))
         if built.binary is None:
             print(f"C baseline not built: {built.reason}")
-        if "cpu" not in args.skip:
-            print("\n".join(cpu_table(args.rate, args.seconds, args.repeats, built.binary, args.forwarders,
-                                      args.ways)), flush=True)
-        if "latency" not in args.skip:
-            print("\n".join(latency_table(built.binary, args.repeats, args.forwarders, args.ways)), flush=True)
-    if "tcp" not in args.skip:
-        for label, datapath in (("plain veth pair", None), ("two forwarders, ebpf", "ebpf"),
-                                ("two forwarders, fast", "fast")):
-            found = [iperf(datapath, 5.0) for _ in range(args.repeats)]
-            print(f"TCP (iperf3, one stream, 5 s) {label:<22} {statistics.median(found):6.2f} Gbit/s  "
-                  f"runs {' '.join(f'{g:.2f}' for g in found)}", flush=True)
+        print("\n".join(cpu_table(args.rate, args.seconds, args.repeats, built.binary, Path(tmp), args.forwarders,
+                                  args.ways)), flush=True)
     return 0
 
 

@@ -217,6 +217,19 @@ def _short(data: Reg, end: Reg, length: int, enough: str) -> list[Item]:
     return [mov(R1, data), add(R1, length), jump_if(R1, "<=", end, enough)]
 
 
+def _inner_length(into: Reg, shortest: int, longest: int, label: str) -> list[Item]:
+    """into = the inner frame's length, of an XDP frame in R2..R3 known to hold `shortest` to `longest` bytes.
+
+    A ladder of bounds checks, not data_end - data: subtracting pointers
+    needs CAP_PERFMON, which the forwarder does not keep under --user.
+    """
+    items: list[Item] = [mov(into, shortest - eoe.HEADER_LEN)]
+    for length in range(shortest + 1, longest + 1):
+        items += [mov(R1, R2), add(R1, length), jump_if(R1, ">", R3, f"{label}_known"),
+                  mov(into, length - eoe.HEADER_LEN)]
+    return [*items, Label(f"{label}_known")]
+
+
 def _aligned_stores(base: Reg, at: int, data: bytes) -> list[Item]:
     """Store constant bytes at base + at in the widest pieces the strict alignment rule allows."""
     items: list[Item] = []
@@ -336,7 +349,7 @@ def eoe_decap_xdp(accept_filter: bool, rule: AcceptRule) -> ProgramSpec:
         Label("tagged"), mov(R4, 1),
         # Too short to untag: the TAP's stack would free it unseen, after a write userspace counted.
         *_short(R2, R3, eoe.HEADER_LEN + UNTAGGABLE, "meta"),
-        mov(R7, R3), sub(R7, R2), sub(R7, eoe.HEADER_LEN),
+        *_inner_length(R7, inner_tpid + 2, eoe.HEADER_LEN + UNTAGGABLE - 1, "short"),
         *_bump(SLOT_FRAMES), *_bump(SLOT_BYTES, R7), mov(R0, XDP_DROP), exit_(),
         Label("meta"),
         ldx(DW, R1, R9, 8 * SLOT_SEQUENCE), add(R1, 1), stx(DW, R9, 8 * SLOT_SEQUENCE, R1),

@@ -1,4 +1,4 @@
-"""Classic BPF: a tiny assembler, the relays' two socket filters, and attaching one to a socket.
+"""Classic BPF: an assembler, the relays' two socket filters, the `--workers` flow hash, and attaching them.
 
 The filters implement the pure predicates `wire.eoe.accepts_downstream` and
 `wire.vlan.is_dhcp_client_frame`, which read the WIRE view of a frame. A
@@ -19,7 +19,15 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..wire.eoe import CONTROL_OFFSET, CONTROL_PROTOCOL, INNER_TAGGED_ETHERTYPE_OFFSET, OP_CODE_SHIFT, OpCode
+from ..wire.eoe import (
+    CONTROL_OFFSET,
+    CONTROL_PROTOCOL,
+    ETH_HEADER_LEN,
+    HEADER_LEN,
+    INNER_TAGGED_ETHERTYPE_OFFSET,
+    OP_CODE_SHIFT,
+    OpCode,
+)
 from ..wire.vlan import (
     DHCP_CLIENT_PORT,
     ETHERTYPE_IPV4,
@@ -30,6 +38,7 @@ from ..wire.vlan import (
     TPID_OFFSET,
     VID_MASK,
 )
+from . import abi
 from .abi import ABI
 
 # Instruction fields (linux/filter.h, linux/bpf_common.h).
@@ -162,11 +171,21 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def attach(sock: socket.socket, program: Sequence[Insn]) -> None:
-    """setsockopt(SOL_SOCKET, SO_ATTACH_FILTER): the kernel copies the program during the call."""
+def _install(sock: socket.socket, level: int, option: int, program: Sequence[Insn]) -> None:
+    """setsockopt with a struct sock_fprog: the kernel copies the program during the call."""
     code = ctypes.create_string_buffer(pack(program))
     fprog = _SockFprog(len(program), ctypes.addressof(code))
-    sock.setsockopt(ABI.SOL_SOCKET, ABI.SO_ATTACH_FILTER, bytes(fprog))
+    sock.setsockopt(level, option, bytes(fprog))
+
+
+def attach(sock: socket.socket, program: Sequence[Insn]) -> None:
+    """setsockopt(SOL_SOCKET, SO_ATTACH_FILTER)."""
+    _install(sock, ABI.SOL_SOCKET, ABI.SO_ATTACH_FILTER, program)
+
+
+def set_fanout_program(sock: socket.socket, program: Sequence[Insn]) -> None:
+    """setsockopt(SOL_PACKET, PACKET_FANOUT_DATA): the program of the PACKET_FANOUT_CBPF group `sock` is in."""
+    _install(sock, abi.SOL_PACKET, abi.PACKET_FANOUT_DATA, program)
 
 
 def _at(wire_offset: int, lifted: bool) -> int:
@@ -277,4 +296,125 @@ def dhcp_client_filter() -> Program:
         stmt(BPF_ALU | BPF_AND | BPF_K, VID_MASK),
         *_dhcp_checks(lifted=False),
         *_RETURNS,
+    ])
+
+
+# --- the fanout program: which worker of `--workers` gets an EOE frame ----------------------------
+#
+# PACKET_FANOUT runs its program before any member socket's filter, on the
+# data as the receive path left it: it starts at the network header, behind
+# the 14-byte Ethernet header. An EOE frame's tag is lifted, so that header
+# is the outer MACs and the length field and the data starts at the EOE
+# control byte (wire offset 18); were the tag inline, the data would start
+# at the TCI (wire offset 14). The inner frame follows the header.
+
+_FANOUT_INNER_LIFTED = HEADER_LEN - (ETH_HEADER_LEN + TAG_LEN)  # 4
+_FANOUT_INNER_INLINE = HEADER_LEN - ETH_HEADER_LEN  # 8
+_ETHERTYPE_IPV6 = 0x86DD
+_IPPROTO_TCP = 6
+_IPV4_SRC = 12  # then the destination: 8 bytes, two words
+_IPV6_SRC = 8  # then the destination: 32 bytes, eight words
+_IPV4_NOT_FIRST_OR_MORE = 0x3FFF  # MF flag and fragment offset: any fragment hashes without ports
+FLOW_MIX = 0x9E3779B1
+"""Knuth's multiplicative constant (2^32 / golden ratio): h = (h ^ word) * it spreads a word over the high bits."""
+FOLD_SHIFT = 16
+"""The high bits come down by h ^ (h >> 16) before the modulo takes the low ones."""
+
+
+def _mix(word: Insn) -> list[Source]:
+    """X = (X ^ word) * FLOW_MIX, the hash so far being in X."""
+    return [word, stmt(BPF_ALU | BPF_XOR | BPF_X), stmt(BPF_ALU | BPF_MUL | BPF_K, FLOW_MIX),
+            stmt(BPF_MISC | BPF_TAX)]
+
+
+def _ld_w(offset: int) -> Insn:
+    return stmt(BPF_LD | BPF_W | BPF_ABS, offset)
+
+
+def _fold(workers: int) -> list[Source]:
+    return [stmt(BPF_MISC | BPF_TXA), stmt(BPF_ALU | BPF_RSH | BPF_K, FOLD_SHIFT),
+            stmt(BPF_ALU | BPF_XOR | BPF_X), stmt(BPF_ALU | BPF_MOD | BPF_K, workers),
+            stmt(BPF_RET | BPF_A)]
+
+
+def _flow_hash(base: int, workers: int) -> list[Source]:
+    """The worker for an inner frame whose (last) EtherType is at base + 12, in the fanout view.
+
+    The flow is the IPv4 address pair plus the TCP/UDP ports of an
+    unfragmented packet (a fragment has no ports: addresses only, as RSS
+    does), the IPv6 address pair, or else the 12 bytes before the EtherType
+    (the inner MACs). A frame too short for what its type needs ends the
+    program: worker 0, as the kernel makes of any load beyond the data.
+    """
+    at, l3 = f"at{base}", base + ETH_HEADER_LEN
+    return [
+        Label(at),
+        stmt(BPF_LD | BPF_H | BPF_ABS, base + 12),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, ETHERTYPE_IPV4, jt=f"{at}.ipv4"),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, _ETHERTYPE_IPV6, jt=f"{at}.ipv6"),
+        stmt(BPF_LDX | BPF_W | BPF_IMM, 0),
+        *[item for offset in (0, 4, 8) for item in _mix(_ld_w(base + offset))],
+        *_fold(workers),
+        Label(f"{at}.ipv4"),
+        stmt(BPF_LDX | BPF_W | BPF_IMM, 0),
+        stmt(BPF_LD | BPF_B | BPF_ABS, l3 + _IPV4_PROTOCOL),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, _IPPROTO_TCP, jt=f"{at}.ports"),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDP, jf=f"{at}.addresses"),
+        Label(f"{at}.ports"),
+        stmt(BPF_LD | BPF_H | BPF_ABS, l3 + _IPV4_FRAGMENT),
+        jump(BPF_JMP | BPF_JSET | BPF_K, _IPV4_NOT_FIRST_OR_MORE, jt=f"{at}.addresses"),
+        stmt(BPF_LDX | BPF_B | BPF_MSH, l3),  # X = 4 * IHL
+        stmt(BPF_LD | BPF_W | BPF_IND, l3),  # both ports: the first word, so X = (0 ^ ports) * FLOW_MIX
+        stmt(BPF_ALU | BPF_MUL | BPF_K, FLOW_MIX),
+        stmt(BPF_MISC | BPF_TAX),
+        Label(f"{at}.addresses"),
+        *[item for offset in (0, 4) for item in _mix(_ld_w(l3 + _IPV4_SRC + offset))],
+        *_fold(workers),
+        Label(f"{at}.ipv6"),
+        stmt(BPF_LDX | BPF_W | BPF_IMM, 0),
+        *[item for offset in range(0, 32, 4) for item in _mix(_ld_w(l3 + _IPV6_SRC + offset))],
+        *_fold(workers),
+    ]
+
+
+def eoe_fanout_program(workers: int) -> Program:
+    """PACKET_FANOUT_CBPF for `--workers`: the member index (< workers) for an EOE frame, from its inner flow.
+
+    Every frame of a flow goes to the same member, so one worker handles it
+    and its frames keep their order. PACKET_FANOUT_HASH cannot do this: it
+    hashes the outer headers, the same for every EOE frame. An inner frame
+    with one 802.1Q tag is hashed behind its tag.
+    """
+    if not 1 <= workers <= 0xFFFF:
+        raise ValueError(f"{workers} is not a number of fanout members")
+    lifted, inline = _FANOUT_INNER_LIFTED, _FANOUT_INNER_INLINE
+    return assemble([
+        *_ON_INLINE_VIEW,
+        stmt(BPF_LD | BPF_H | BPF_ABS, lifted + TPID_OFFSET),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, TPID_8021Q, jt=f"at{lifted + TAG_LEN}", jf=f"at{lifted}"),
+        Label("inline"),
+        stmt(BPF_LD | BPF_H | BPF_ABS, inline + TPID_OFFSET),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, TPID_8021Q, jt=f"at{inline + TAG_LEN}", jf=f"at{inline}"),
+        *_flow_hash(lifted, workers),
+        *_flow_hash(lifted + TAG_LEN, workers),
+        *_flow_hash(inline + TAG_LEN, workers),
+    ])
+
+
+def tap_steering_program(queues: int) -> Program:
+    """The TAP queue (< queues) for a frame the host sends, by the fanout program's flow hash.
+
+    TUNSETSTEERINGEBPF runs it on the frame being transmitted, Ethernet
+    header first: the inner frame of the EOE frame it becomes. Without it
+    the tun driver steers a flow to the queue that last wrote one of the
+    flow's replies, or else by hash: a flow would move between queues (and
+    workers) as replies come and go, and could be reordered.
+    """
+    if not 1 <= queues <= 0xFFFF:
+        raise ValueError(f"{queues} is not a number of TAP queues")
+    return assemble([
+        stmt(BPF_LD | BPF_H | BPF_ABS, TPID_OFFSET),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, TPID_8021Q, jt=f"at{TAG_LEN}", jf="at0"),
+        *_flow_hash(0, queues),
+        *_flow_hash(TAG_LEN, queues),
     ])

@@ -14,7 +14,7 @@ import socket
 from ..wire.vlan import TPID_8021Q, restore_tag_into
 from . import abi
 from .abi import ABI
-from .bpf_classic import Program, attach
+from .bpf_classic import Program, attach, set_fanout_program
 
 _ANC_SPACE = socket.CMSG_SPACE(abi.TPACKET_AUXDATA.size)
 _VLAN_VALID = abi.TP_STATUS_VLAN_VALID
@@ -23,6 +23,10 @@ _PACKET_OUTGOING = socket.PACKET_OUTGOING
 SOCKET_BUFFER = 4 << 20
 RX_HEADROOM = 4
 """Bytes a receive buffer keeps free before the frame, to re-insert a lifted tag."""
+
+
+MUTED_PROTOCOL = 0x05FF
+"""A protocol no Ethernet frame carries (see PacketSocket.mute)."""
 
 
 class PacketSocket:
@@ -53,6 +57,19 @@ class PacketSocket:
             except PermissionError:  # without CAP_NET_ADMIN: as much as net.core.*mem_max allows
                 self.sock.setsockopt(ABI.SOL_SOCKET, plain, SOCKET_BUFFER)
 
+    def mute(self) -> None:
+        """Receive nothing, at no cost per frame; it still sends and keeps its promiscuous membership.
+
+        Below 0x0600 an Ethernet type field is a length, and the stack files
+        such frames as 802.2/802.3: no frame is ever of protocol 0x05ff
+        (binding to protocol 0 would keep the old one).
+        """
+        self.sock.bind((self.ifname, MUTED_PROTOCOL))
+
+    def bypass_qdisc(self) -> None:
+        """Hand what we send straight to the driver (Linux 3.14): no qdisc, and invisible to packet taps."""
+        self.sock.setsockopt(abi.SOL_PACKET, abi.PACKET_QDISC_BYPASS, 1)
+
     def bind(self, ifname: str, ifindex: int) -> None:
         self.ifname = ifname
         self.ifindex = ifindex
@@ -73,6 +90,21 @@ class PacketSocket:
         """Socket-scoped promiscuity: the kernel drops it when the socket closes, even after a crash."""
         mreq = abi.PACKET_MREQ.pack(ifindex, abi.PACKET_MR_PROMISC, 0, b"")
         self.sock.setsockopt(abi.SOL_PACKET, abi.PACKET_ADD_MEMBERSHIP, mreq)
+
+    def join_fanout(self, group: int, program: Program) -> int:
+        """Join PACKET_FANOUT_CBPF group `group` and return its id; 0 makes a new group with an id
+        unused in this namespace (Linux 4.19), whose member for each frame `program` picks.
+
+        A member cannot be bound again (EINVAL): bind first.
+        """
+        # The group, not its members, decides whether it sees our own outgoing frames.
+        kind = abi.PACKET_FANOUT_CBPF | abi.PACKET_FANOUT_FLAG_IGNORE_OUTGOING
+        if group:
+            self.sock.setsockopt(abi.SOL_PACKET, abi.PACKET_FANOUT, group | kind << 16)
+            return group
+        self.sock.setsockopt(abi.SOL_PACKET, abi.PACKET_FANOUT, (kind | abi.PACKET_FANOUT_FLAG_UNIQUEID) << 16)
+        set_fanout_program(self.sock, program)
+        return self.sock.getsockopt(abi.SOL_PACKET, abi.PACKET_FANOUT) & 0xFFFF
 
     def take_statistics(self) -> tuple[int, int]:
         """(frames received, frames dropped on the queue) since the last call; the kernel resets them."""

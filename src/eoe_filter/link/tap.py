@@ -2,6 +2,15 @@
 
 Interface control (up, MTU) goes through netlink, never through the tun
 file descriptor, which does not take interface ioctls.
+
+A multi-queue TAP (IFF_MULTI_QUEUE, for `--workers`) has a file descriptor
+per queue, each attached with TUNSETIFF on the same name. The kernel picks
+the queue of a frame the host sends (tun_select_queue). By default it
+steers a flow to the queue that last wrote a frame of the flow's reverse
+direction, else by flow hash, and forgets a queue after 3 s without such a
+frame: a flow can move between queues mid-stream, and frames still queued
+on the old one can then be overtaken. A steering program (TUNSETSTEERINGEBPF)
+replaces that choice with a fixed function of the frame's flow.
 """
 
 from __future__ import annotations
@@ -9,9 +18,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 
-from . import abi
+from . import abi, bpf_classic
 from .abi import ABI
 
 TUN_CLONE_DEVICE = "/dev/net/tun"
@@ -27,9 +37,15 @@ class Tap:
     fd: int
     created: bool
     """We made the device (so it goes away at exit unless persistent)."""
+    more: list[int] = field(default_factory=list)
+    """The file descriptors of queues 1.. of a multi-queue TAP; `fd` is queue 0."""
 
     def fileno(self) -> int:
         return self.fd
+
+    def queue(self, k: int) -> Tap:
+        """Queue k as a port of its own, for the worker that serves it; closing stays with this Tap."""
+        return Tap(self.name, (self.fd, *self.more)[k], self.created)
 
     def receive_into(self, buf: bytearray, rx: memoryview, at: int) -> tuple[int, int]:
         """Read one frame into rx (= buf[at:]); raises BlockingIOError when none is queued."""
@@ -51,6 +67,9 @@ class Tap:
         fcntl.ioctl(self.fd, ABI.TUNSETPERSIST, int(on))
 
     def close(self) -> None:
+        for fd in self.more:
+            os.close(fd)
+        self.more = []
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -73,6 +92,14 @@ def attach(fd: int, name: str, *, existed: bool, multi_queue: bool = False) -> T
     return Tap(name=name, fd=fd, created=not existed)
 
 
+def attach_queues(tap: Tap, fds: list[int]) -> None:
+    """Attach `fds` (fresh clone fds, or those of a device deleted under us) as the other queues of
+    multi-queue `tap`; they become its own, to close, once attached."""
+    for fd in fds:
+        attach(fd, tap.name, existed=True, multi_queue=True)
+        tap.more.append(fd)
+
+
 def _why(name: str, err: int | None) -> str:
     if err == errno.EBUSY:
         return (f"TAP {name} is already attached to another process "
@@ -82,3 +109,22 @@ def _why(name: str, err: int | None) -> str:
     if err == errno.EPERM:
         return f"not allowed to attach TAP {name}: CAP_NET_ADMIN is needed"
     return f"cannot attach TAP {name}: {os.strerror(err or 0)}"
+
+
+def load_steering(queues: int) -> int:
+    """The eBPF steering program that keeps each flow on one of `queues` queues (bpf_classic's flow hash);
+    its fd. Needs CAP_BPF (or CAP_SYS_ADMIN); raises OSError when refused."""
+    from ..ebpf import syscall
+    from ..ebpf.asm import encode
+    from ..ebpf.classic import translate
+    code = encode(translate(bpf_classic.tap_steering_program(queues)))
+    return syscall.load_program(syscall.PROG_TYPE_SOCKET_FILTER, code, "eoe_tap_queue")
+
+
+def set_steering(tap: Tap, program: int) -> None:
+    """TUNSETSTEERINGEBPF: `program` picks the queue of every frame the host sends to the TAP (Linux 4.19).
+
+    It stays with the device, so a re-created TAP needs it again; the
+    program fd is enough for that, without CAP_BPF.
+    """
+    fcntl.ioctl(tap.fd, ABI.TUNSETSTEERINGEBPF, struct.pack("=i", program))

@@ -108,11 +108,13 @@ class Relay(ABC):
     def service_to_net(self, buf: bytearray, start: int, end: int) -> Edit: ...
 
 
-def open_raw_side(log: logging.Logger, link: Link, program: Program | None,
+def open_raw_side(log: logging.Logger, link: Link, program: Program | None, qdisc_bypass: bool,
                   before_bind: Callable[[PacketSocket], None] | None = None) -> PacketSocket:
     """A raw socket on `link`, logged as the original did; `before_bind` runs between its lines."""
     log.info("creating the socket for %s", link.name)
     sock = PacketSocket(program)
+    if qdisc_bypass:
+        sock.bypass_qdisc()
     log.info("The socket for %s is %d", link.name, sock.fileno())
     if before_bind is not None:
         before_bind(sock)

@@ -36,7 +36,7 @@ class DhcpRelay(Relay):
         link = ctx.netif.lookup(self.options.service)
         if link is None:
             raise Unavailable(f"service interface {self.options.service} does not exist")
-        return open_raw_side(ctx.log, link, None)
+        return open_raw_side(ctx.log, link, None, self.options.qdisc_bypass)
 
     def net_to_service(self, buf: bytearray, start: int, end: int) -> Edit:
         if end - start >= _TAGGED:

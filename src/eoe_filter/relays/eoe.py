@@ -7,7 +7,16 @@ import os
 from ..config import Options
 from ..link.bpf_classic import Program, eoe_downstream_filter
 from ..link.netif import NetIf
-from ..link.tap import TUN_CLONE_DEVICE, Tap, TapError, attach, open_clone
+from ..link.tap import (
+    TUN_CLONE_DEVICE,
+    Tap,
+    TapError,
+    attach,
+    attach_queues,
+    load_steering,
+    open_clone,
+    set_steering,
+)
 from ..privileges import CAP_NET_ADMIN, CAP_NET_RAW
 from ..wire.drops import DropReason
 from ..wire.eoe import HEADER_LEN, MIN_FRAME, MIN_INNER, encapsulate_into
@@ -38,6 +47,9 @@ class EoeRelay(Relay):
     def __init__(self, options: Options) -> None:
         super().__init__(options)
         self._template = options.header.pack(0)
+        self._steering: int | None = None
+        """The TAP's queue steering program (--workers), loaded once, attached to every TAP we re-create;
+        -1 when the kernel refused it."""
 
     def preflight(self, netif: NetIf) -> None:
         if not os.path.exists(TUN_CLONE_DEVICE):
@@ -47,8 +59,12 @@ class EoeRelay(Relay):
             return
         if existing.tun_type != 2:
             raise Unavailable(f"{self.options.service} exists and is not a TAP device")
-        if existing.tun_multi_queue:
+        workers = self.options.workers
+        if existing.tun_multi_queue and workers == 1:
             raise Unavailable(f"TAP {self.options.service} is multi-queue; a single-queue TAP is needed")
+        if not existing.tun_multi_queue and workers > 1:
+            raise Unavailable(f"TAP {self.options.service} is single-queue; --workers {workers} needs a "
+                              "multi-queue TAP (ip tuntap add ... mode tap multi_queue), or none")
 
     def classic_filter(self) -> Program:
         return eoe_downstream_filter()
@@ -60,10 +76,13 @@ class EoeRelay(Relay):
         fd = open_clone()
         log.info("Socket of tap interface %s is %d", name, fd)
         log.info("Attaching socket %d to tap interface %s", fd, name)
+        more: list[int] = []
         try:
-            tap = self._attach(ctx, fd, existed)
+            more.extend(open_clone() for _ in range(self.options.workers - 1))
+            tap = self._attach(ctx, fd, existed, more)
         except BaseException:
-            os.close(fd)
+            for queue in (fd, *more):
+                os.close(queue)
             raise
         log.info("Tap interface %s is successfully created", name)
         return tap
@@ -74,12 +93,16 @@ class EoeRelay(Relay):
         assert isinstance(port, Tap)
         if port.gone() is None:  # still attached: only the datapath needed restarting
             return port
-        return self._attach(ctx, port.fd, existed=False)
+        return self._attach(ctx, port.fd, False, port.more)
 
-    def _attach(self, ctx: Context, fd: int, existed: bool) -> Tap:
-        """Attach, make persistent if asked, set the MTU, bring up: a TAP that is down fails every write."""
+    def _attach(self, ctx: Context, fd: int, existed: bool, more: list[int]) -> Tap:
+        """Attach (every queue's fd: `fd`, then `more`), make persistent if asked, set the MTU, bring up:
+        a TAP that is down fails every write."""
         name = self.options.service
-        tap = attach(fd, name, existed=existed)
+        tap = attach(fd, name, existed=existed, multi_queue=bool(more))
+        attach_queues(tap, more)
+        if more:
+            self._steer(ctx, tap)
         if self.options.persist:
             tap.set_persist(True)
         link = ctx.netif.lookup(name)
@@ -92,6 +115,25 @@ class EoeRelay(Relay):
         ctx.log.debug("%s %s, up, MTU %d%s", "attached to existing TAP" if existed else "created TAP",
                       name, mtu, ", persistent" if self.options.persist else "")
         return tap
+
+    def _steer(self, ctx: Context, tap: Tap) -> None:
+        """Keep each flow the host sends on one queue; without the program, say what the kernel does instead."""
+        try:
+            if self._steering is None:
+                self._steering = -1
+                self._steering = load_steering(self.options.workers)
+            if self._steering >= 0:
+                set_steering(tap, self._steering)
+        except OSError as e:
+            ctx.log.warning("TAP %s: no queue steering program (%s): the kernel picks queues itself, and a flow "
+                            "from the host may be reordered when its replies move it to another worker",
+                            tap.name, e.strerror or e)
+
+    def release_service(self, port: Port) -> None:
+        super().release_service(port)
+        if self._steering is not None and self._steering >= 0:
+            os.close(self._steering)
+        self._steering = None
 
     def _tap_mtu(self, ctx: Context) -> int:
         return self.options.tap_mtu or tap_mtu_for(ctx.network.mtu)
