@@ -145,6 +145,25 @@ def test_sigkill_then_restart_replaces_instead_of_stacking(eoe_lab: EoeLab, monk
     assert ours(eoe_lab.lab, eoe_lab.ns) == [] and clsact_qdiscs(eoe_lab.lab, eoe_lab.ns) == []
 
 
+@pytest.mark.parametrize("mode", ["link", "netlink"])
+def test_sigkill_then_cleanup_leaves_nothing(eoe_lab: EoeLab, monkeypatch: pytest.MonkeyPatch, mode: str):
+    monkeypatch.setenv(ATTACH_ENV, mode)
+    before = links(eoe_lab.lab, eoe_lab.ns)
+    fwd = eoe_lab.start(*EBPF, "--persist")
+    near, _ = segmenter_of(eoe_lab.lab, eoe_lab.ns)
+    fwd.signal(signal.SIGKILL)
+    fwd.proc.wait(5)
+    out = eoe_lab.lab.run(eoe_lab.ns, [sys.executable, "-m", "eoe_filter", "cleanup"])
+    assert out.returncode == 0, out.stderr
+    assert "net0: ARP resolution restored" in out.stdout
+    assert "removed the segmenter veth pair of tap0" in out.stdout
+    assert ours(eoe_lab.lab, eoe_lab.ns) == [] and clsact_qdiscs(eoe_lab.lab, eoe_lab.ns) == []
+    assert links(eoe_lab.lab, eoe_lab.ns) == [*before, "tap0"]  # the persistent TAP stays, bare
+    assert near not in links(eoe_lab.lab, eoe_lab.ns)
+    out = eoe_lab.lab.run(eoe_lab.ns, [sys.executable, "-m", "eoe_filter", "cleanup"])
+    assert out.stdout.strip() == "nothing to clean up in this network namespace"
+
+
 def test_a_second_forwarder_on_the_same_network_interface_does_not_stack(eoe_lab: EoeLab):
     eoe_lab.start(*EBPF)
     first = ours(eoe_lab.lab, eoe_lab.ns)

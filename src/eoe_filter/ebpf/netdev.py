@@ -91,6 +91,10 @@ def strips_vlan_tags(ifname: str) -> bool:
         return False
 
 
+SEGMENTER_ALIAS = "eoe_filter segmenter for "
+"""The alias of a segmenter pair's ends, followed by the service interface it serves."""
+
+
 class Segmenter:
     """A veth pair that finishes what tc egress sees unfinished: GSO super-frames and partial checksums.
 
@@ -106,7 +110,7 @@ class Segmenter:
         tag = f"{zlib.crc32(service.encode()):08x}"
         self.ipr = ipr
         self.near, self.far = f"eoes{tag}a", f"eoes{tag}b"
-        self.alias = f"eoe_filter segmenter for {service}"
+        self.alias = SEGMENTER_ALIAS + service
         self.near_index = self.far_index = 0
 
     def create(self) -> bool:
