@@ -35,7 +35,7 @@ Differences from the userspace datapaths (LIMITS):
   each counted as "other";
 - after SIGKILL, programs attached through netlink (no BPF links: Linux
   before 6.6 for tc, 5.9 for XDP) stay attached until the next start
-  replaces them; `eoe_filter cleanup` does not remove them;
+  replaces them (or `eoe_filter cleanup` removes them);
 - the original of every frame sent is freed by the kernel as a drop (the
   copy is what travels): drop monitors see one per frame.
 """
