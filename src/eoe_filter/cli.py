@@ -127,9 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "sees the frames sent")
     new.add_argument("--syslog-socket", metavar="PATH", help="the syslog socket for -s (default /dev/log)")
     new.add_argument("--datapath", metavar="NAME",
-                     help=f"forwarding loop: {', '.join(DATAPATHS)} (default {Options.datapath})")
+                     help=f"forwarding loop: {', '.join(DATAPATHS)} (default {Options.datapath}; simple, a thread "
+                          "per direction, is the reference)")
     new.add_argument("--workers", metavar="N",
-                     help="worker pairs of the fast datapath (-E --datapath fast only; any other datapath or -V "
+                     help="worker pairs of the fast datapath (-E with the fast datapath only; any other datapath or -V "
                           "with N > 1 is a config error, exit 78): a multi-queue TAP with N queues and N network "
                           "sockets in a PACKET_FANOUT group that sends each inner flow (inner IPv4 addresses and "
                           "TCP/UDP ports, inner IPv6 addresses, else inner MACs) to one worker, so frames of a "

@@ -149,7 +149,8 @@ class Options:
     debug: int = 0
     persist: bool = False
     tap_mtu: int | None = None
-    datapath: str = "simple"
+    datapath: str = "fast"
+    """The forwarding loop; `simple` (a thread per direction) is the reference the others are checked against."""
     workers: int = 1
     """Worker pairs of the fast datapath: TAP queues and network sockets in one fanout group."""
     wait_link: float | None = None

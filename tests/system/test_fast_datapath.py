@@ -1,21 +1,28 @@
 """What is specific to `--datapath fast`: the same bytes as simple under load, worker processes, rings.
 
-The whole suite also runs over fast (EOE_TEST_DATAPATH=fast); these tests
-pin the datapath themselves, whatever that variable says.
+The whole suite runs over fast, the default (and over the reference,
+simple, with EOE_TEST_DATAPATH=simple); these tests pin the datapath
+themselves, whatever that variable says.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
+from eoe_filter.bench import lab_measure
+from eoe_filter.bench.procstat import pin, process_tree
+from eoe_filter.bench.traffic import Generator, InNetns, Sink
 from eoe_filter.link.abi import ABI
 
 from .conftest import EoeLab, Forwarder, receive, receive_all
@@ -75,6 +82,8 @@ def traffic(seed: int, count: int) -> tuple[list[bytes], list[bytes]]:
             down.append(rng.randbytes(rng.randint(14, 35)))  # a runt
         elif kind < 0.08:
             down.append(rng.randbytes(rng.randint(36, 1514)))  # garbage: decapsulated as it is
+        elif kind < 0.12:  # tagged, around the shortest EOE frame (36 bytes): the kernel lifts the tag
+            down.append(eoe_frame(inner_frame(64, seed=i))[:rng.randint(32, 40)])
         else:
             down.append(eoe_frame(inner_frame(rng.randint(64, 1496), seed=i)))
         kind = rng.random()
@@ -226,3 +235,59 @@ def test_debug_lines_come_from_the_workers(eoe_lab: EoeLab):
     fwd.wait_for("net to service: received 122 bytes")
     assert fwd.stop() == 0
     assert re.search(r"service to net: 0 frames", fwd.output)
+
+
+PREEMPTER = """\
+import os, sys, time
+os.sched_setaffinity(0, {int(sys.argv[1])})
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+except PermissionError:
+    sys.exit(77)
+print("ready", flush=True)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    time.sleep(20e-6)
+    spin = time.perf_counter() + 4e-6
+    while time.perf_counter() < spin:
+        pass
+"""
+"""A real-time task that takes one CPU from everything else on it for a few microseconds, tens of thousands of times
+a second, for argv[2] seconds at most: a busy machine's preemptions, made frequent."""
+ORDER_SECONDS = 6.0
+
+
+def test_frames_stay_in_order_when_the_ring_overflows_and_its_reader_is_preempted(eoe_lab: EoeLab):
+    """The kernel refills a slot as soon as the worker hands it back. A hand-back in two stores (a memoryview slice
+    assignment: memcpy() of 4 bytes) let it, when the worker was preempted between them, write a frame there that
+    the second store erased; from then on that slot was filled a lap late, and a frame arrived out of order every lap.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs: one for the worker, one for the traffic")
+    traffic_cpu, worker_cpu = cpus[0], cpus[-1]
+    fwd = start(eoe_lab)
+    pin(process_tree(fwd.proc.pid), {worker_cpu})
+    preempter = subprocess.Popen([sys.executable, "-c", PREEMPTER, str(worker_cpu), str(ORDER_SECONDS + 10)],
+                                 stdout=subprocess.PIPE, text=True)
+    try:
+        assert preempter.stdout is not None
+        if preempter.stdout.readline() != "ready\n":
+            pytest.skip("SCHED_FIFO is refused here: the worker cannot be preempted often enough")
+        sink = functools.partial(Sink, "tap0", seq_offset=lab_measure.INNER_SEQ)
+        generator = functools.partial(Generator, "peer0", lab_measure.eoe_frame(lab_measure.inner_frame(64)),
+                                      seq_offset=lab_measure.EOE_HDR + lab_measure.INNER_SEQ)
+        with InNetns(eoe_lab.ns, sink, cpu=traffic_cpu) as received, \
+                InNetns(eoe_lab.ns, generator, cpu=traffic_cpu) as sent:
+            received.start(idle=1.0, duration=ORDER_SECONDS + 30)
+            sent.start(duration=ORDER_SECONDS)
+            offered = sent.result(ORDER_SECONDS + 30)
+            got = received.result(60)
+    finally:
+        preempter.kill()
+        preempter.wait()
+    assert fwd.stop() == 0
+    if "queue overflow" not in fwd.output:
+        pytest.skip(f"the worker kept up with {offered.rate:,.0f} frames/s: its ring never overflowed")
+    assert got.frames, fwd.output
+    assert got.late == 0, f"{got.late} of {got.frames} frames arrived after a later one ({offered.frames} sent)"

@@ -26,6 +26,13 @@ def test_the_shipped_example_is_valid_and_means_the_defaults(tmp_path):
     assert o.header == EoeHeader()
 
 
+def test_fast_is_the_default_datapath_and_simple_the_reference_stays_selectable(tmp_path):
+    minimal = 'network = "eth1"\nservice = "tap9"\nrelay = "eoe"\n'
+    assert options(tmp_path, minimal).datapath == "fast"
+    assert options(tmp_path, minimal, "--datapath", "simple").datapath == "simple"
+    assert options(tmp_path, minimal + 'datapath = "simple"\n').datapath == "simple"
+
+
 def test_file_alone_is_enough(tmp_path):
     o = options(tmp_path, 'network = "eth1"\nservice = "tap9"\nrelay = "dhcp"\nfilter = true\ndebug = 2\n'
                           'tap_mtu = 1486\n[eoe]\nvid = 100\nsmac = "02:00:00:00:00:01"\nitf = 0x3001\n')

@@ -18,10 +18,14 @@ import pytest
 
 from eoe_filter.link.mmsg import Iovec, Mmsghdr, Msghdr, SendBatch
 from eoe_filter.link.ring import (
+    FLAG_BYTES,
     MIN_SLOTS,
     SLL_OFFSET,
     SLOT_HEADER,
+    TP_STATUS_KERNEL,
+    TP_STATUS_USER,
     TPACKET2_HDRLEN,
+    USER_BYTE,
     SockaddrLl,
     Tpacket2Hdr,
     TpacketReq,
@@ -62,6 +66,18 @@ def test_slot_header_reads_the_fields_where_ctypes_puts_them_in_native_order():
     SockaddrLl.from_buffer(slot, SLL_OFFSET).sll_pkttype = 4
     assert SLOT_HEADER.unpack_from(slot) == (0x11, 0x10203, 0x10001, 0x42, 0x2FFE, 0x88A8, 4)
     assert slot[:4] == (0x11).to_bytes(4, sys.byteorder)
+    del hdr
+
+
+def test_a_slot_goes_back_to_the_kernel_at_the_store_to_the_byte_of_tp_status_user():
+    """Flags in every byte (VLAN, TP_STATUS_GSO_TCP, TP_STATUS_TS_SOFTWARE): cleared, the slot is still ours."""
+    slot = bytearray(64)
+    hdr = Tpacket2Hdr.from_buffer(slot)
+    hdr.tp_status = TP_STATUS_USER | 0x50 | 1 << 8 | 1 << 29
+    slot[FLAG_BYTES:FLAG_BYTES + 3] = bytes(3)
+    assert hdr.tp_status == TP_STATUS_USER | 0x50
+    slot[USER_BYTE] = 0
+    assert hdr.tp_status == TP_STATUS_KERNEL
     del hdr
 
 

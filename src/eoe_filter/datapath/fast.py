@@ -46,7 +46,6 @@ import signal
 import socket
 import sys
 import threading
-from array import array
 from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
@@ -56,9 +55,11 @@ from ..link.bpf_classic import eoe_fanout_program
 from ..link.mmsg import SendBatch
 from ..link.packet_socket import RX_HEADROOM, PacketSocket
 from ..link.ring import (
+    FLAG_BYTES,
     SLOT_HEADER,
     TP_STATUS_COPY,
     TP_STATUS_USER,
+    USER_BYTE,
     RxRing,
     interface_mtu,
 )
@@ -95,9 +96,12 @@ class FastDirection(Direction):
     (measured here: ~20% of the CPU per frame).
     """
 
-    def __init__(self, *args: Any, ring: RxRing | None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, ring: RxRing | None, header_cut: tuple[int, int] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ring = ring
+        self.header_cut = header_cut
+        """The relay's Relay.header_cut, when `edit` is its net_to_service."""
 
     def _loop(self) -> None:
         batch = SendBatch(BURST) if isinstance(self.dst, PacketSocket) else None
@@ -114,10 +118,11 @@ class FastDirection(Direction):
         spill = bytearray(self.at + BUFFER_SIZE)
         spill_view = memoryview(spill)
         spill_rx, spill_address = spill_view[self.at:], ctypes.addressof(ctypes.c_char.from_buffer(spill))
-        offsets, per_block, step = ring.offsets, ring.per_block, ring.frame_size >> 2
-        burst = min(BURST, per_block)  # a burst stays in one block: its slots are handed back in one assignment
-        kernel = memoryview(array("I", bytes(4 * burst)))
+        offsets = ring.offsets
         slots = len(offsets)
+        # A slot goes back to the kernel with one store, the last to it: a byte of tp_status (link/ring.py).
+        releases = [at + USER_BYTE for at in offsets]
+        no_flags = bytes(3)
         header = SLOT_HEADER.unpack_from
         edit, counters, receive = self.edit, self.counters, self.src.receive_into
         iov = batch.iov if batch is not None else None
@@ -125,6 +130,10 @@ class FastDirection(Direction):
         user, copy, outgoing, vlan, tpid_valid = (TP_STATUS_USER, TP_STATUS_COPY, _PACKET_OUTGOING,
                                                   TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID)
         truncated, drop_reason, restore, tpid_8021q = DropReason.TRUNCATED, DropReason, restore_tag_into, TPID_8021Q
+        # Cutting the relay's header off a frame whose tag the kernel lifted: no tag to put back first.
+        cut = self.header_cut
+        lifted_cut, lifted_shortest = (cut[0] - TAG_LEN, cut[1] - TAG_LEN) if cut else (0, 0)
+        runt = DropReason.RUNT
         poller = self._poller()
         head = 0
         while not self.stopping:
@@ -134,7 +143,7 @@ class FastDirection(Direction):
                 if not status[offsets[head] >> 2] & TP_STATUS_USER and self._socket_error():
                     return
                 continue
-            first, last = head, min(head + burst, head - head % per_block + per_block)
+            first, last = head, min(head + BURST, slots)
             frames = nbytes = 0
             edited: list[memoryview] = []  # for a TAP: written once the whole burst is edited
             spilled = False
@@ -143,6 +152,8 @@ class FastDirection(Direction):
                 state, length, snaplen, mac, tci, tpid, pkttype = header(view, at)
                 if not state & user:
                     break
+                if state > 0xFF:  # flags beyond the byte of TP_STATUS_USER, cleared while that bit keeps the slot ours
+                    view[at + FLAG_BYTES:at + FLAG_BYTES + 3] = no_flags
                 if state & copy:
                     if spilled:
                         break  # one spilled frame per burst: the next burst takes this one
@@ -159,6 +170,7 @@ class FastDirection(Direction):
                             counters.drop(truncated)
                         continue
                     frame, base = spill_view, spill_address
+                    result = edit(frame, start, end)  # type: ignore[arg-type]
                 else:
                     head += 1
                     if pkttype == outgoing:
@@ -168,11 +180,15 @@ class FastDirection(Direction):
                         continue
                     start = at + mac
                     end = start + snaplen
-                    if state & vlan:
+                    frame, base = view, address
+                    if not state & vlan:
+                        result = edit(frame, start, end)  # type: ignore[arg-type]
+                    elif cut:
+                        result = (start + lifted_cut, end) if snaplen >= lifted_shortest else runt
+                    else:
                         start = restore(view, start, tpid if state & tpid_valid else tpid_8021q,  # type: ignore[arg-type]
                                         tci)
-                    frame, base = view, address
-                result = edit(frame, start, end)  # type: ignore[arg-type]
+                        result = edit(frame, start, end)  # type: ignore[arg-type]
                 if isinstance(result, drop_reason):
                     counters.drop(result)
                     continue
@@ -189,8 +205,8 @@ class FastDirection(Direction):
                     return
             elif frames and not self._flush(cast(SendBatch, batch), frames, nbytes):
                 return
-            if head > first:
-                status[offsets[first] >> 2:(offsets[head - 1] >> 2) + 1:step] = kernel[:head - first]
+            for release in releases[first:head]:
+                view[release] = 0
             if head == slots:
                 head = 0
 
@@ -455,9 +471,11 @@ class FastDatapath:
 
         common: dict[str, Any] = {"stop_fd": stop_read, "on_fatal": report, "log": self.ctx.log,
                                   "debug": self.ctx.debug}
-        _, src, dst, *_ = spec
+        _, src, dst, edit, *_ = spec
+        relay = self.ctx.relay
         if ring is not None or (not self.ctx.debug and isinstance(src, Tap) and isinstance(dst, PacketSocket)):
-            return FastDirection(*spec, ring=ring, **common)
+            return FastDirection(*spec, ring=ring, header_cut=relay.header_cut if edit == relay.net_to_service
+                                 else None, **common)
         return Direction(*spec, **common)
 
     def _watch(self) -> None:

@@ -17,6 +17,17 @@ the interpreter reads the status, then the header, then the data, each load
 hundreds of instructions behind the previous one, far beyond any CPU's
 reordering window.
 
+The reader hands a slot back by making tp_status TP_STATUS_KERNEL (0), and
+the kernel may refill the slot as soon as it reads 0: that must be the
+reader's last store to the slot, and a single one. A memoryview slice
+assignment copies each word with memcpy(), which glibc does in two stores
+for 4 bytes: a reader preempted between them erases the status of a frame
+the kernel wrote meanwhile, and that slot, left empty behind the kernel, is
+then filled a lap late, every lap (frames out of order). So the flag bytes
+of tp_status (FLAG_BYTES) are cleared while TP_STATUS_USER still holds the
+slot, and the byte of TP_STATUS_USER (USER_BYTE) last, in a one-byte store:
+a single store on every architecture.
+
 Structures are kernel ABI: native byte order and layout (ctypes), never a
 wire format.
 """
@@ -28,6 +39,7 @@ import fcntl
 import mmap
 import socket
 import struct
+import sys
 
 from . import abi
 
@@ -70,6 +82,10 @@ def tpacket_align(n: int) -> int:
     return (n + TPACKET_ALIGNMENT - 1) & ~(TPACKET_ALIGNMENT - 1)
 
 
+USER_BYTE = Tpacket2Hdr.tp_status.offset + (0 if sys.byteorder == "little" else 3)
+"""Where in a slot the byte of tp_status holding TP_STATUS_USER is (native order)."""
+FLAG_BYTES = Tpacket2Hdr.tp_status.offset + (1 if sys.byteorder == "little" else 0)
+"""Where in a slot the other three bytes of tp_status start: flags that need clearing when tp_status > 0xff."""
 SLL_OFFSET = tpacket_align(ctypes.sizeof(Tpacket2Hdr))
 """The kernel writes a sockaddr_ll behind the header of every slot."""
 TPACKET2_HDRLEN = SLL_OFFSET + ctypes.sizeof(SockaddrLl)

@@ -58,6 +58,10 @@ class Relay(ABC):
     """What this relay needs to run, and keeps after dropping to --user."""
     service_headroom: ClassVar[int] = 0
     """Free bytes the service -> net edit needs before the frame."""
+    header_cut: tuple[int, int] | None = None
+    """(n, shortest) when net_to_service does nothing but cut the first n bytes off a wire frame of at
+    least `shortest` bytes (a shorter one is a runt). A datapath that receives frames with their 802.1Q
+    tag lifted into metadata may then cut n - 4 bytes instead of putting the tag back first."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -71,6 +75,7 @@ class Relay(ABC):
                 return edit(buf, start, end)
 
             self.net_to_service = guarded  # type: ignore[method-assign]
+            self.header_cut = None  # the rule reads the frame
 
     def startup_warnings(self) -> list[str]:
         """What the operator should know about this configuration before frames flow."""

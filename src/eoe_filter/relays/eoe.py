@@ -45,6 +45,7 @@ class EoeRelay(Relay):
     service_headroom = HEADER_LEN
 
     def __init__(self, options: Options) -> None:
+        self.header_cut = (HEADER_LEN, MIN_FRAME)  # net_to_service below; the accept rule may take it back
         super().__init__(options)
         self._template = options.header.pack(0)
         self._steering: int | None = None
