@@ -199,8 +199,9 @@ def test_a_killed_worker_is_reported_and_nothing_hangs(eoe_lab: EoeLab):
     assert "Traceback" not in fwd.output
 
 
-def test_idle_costs_no_cpu(eoe_lab: EoeLab):
-    fwd = start(eoe_lab)
+@pytest.mark.parametrize("workers_option", [(), ("--workers", "2")], ids=["one pair", "two pairs"])
+def test_idle_costs_no_cpu(eoe_lab: EoeLab, workers_option: tuple[str, ...]):
+    fwd = start(eoe_lab, "fast", *workers_option)
     pids = [fwd.proc.pid, *workers(fwd.proc.pid)]
     time.sleep(0.5)
     before = cpu_seconds(pids)
