@@ -121,3 +121,13 @@ def test_nothing_is_left_behind(bench: tuple[dict, str, int, int]) -> None:
     while session_members(sid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert session_members(sid) == []
+
+
+def test_the_opt_in_qdisc_bypass_row() -> None:
+    out = subprocess.run([sys.executable, "-m", "eoe_filter", "bench", "--quick", "--json", "--repeat", "1",
+                          "--datapaths", "fast-bypass", "--sizes", "64", "--tcp-seconds", "0"],
+                         capture_output=True, text=True, timeout=200)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)["rows"]
+    assert {(r["datapath"], r["direction"]) for r in rows} == {("fast-bypass", d) for d in DIRECTIONS}
+    assert all(r["delivered_fps"]["median"] > 0 for r in rows), out.stderr

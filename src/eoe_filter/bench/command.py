@@ -128,6 +128,8 @@ EX_USAGE, EX_SOFTWARE, EX_NOPERM = 64, 70, 77
 LAB_PREFIX = "eoebench"
 SVC_IF, SVC_PEER_IF = "svc0", "svc1"
 BASELINES = ("c", "kernel")
+VARIANTS = {"fast-bypass": ("fast", ("--qdisc-bypass",))}
+"""Opt-in rows: a datapath with options (not in the default list: the bypass is opt-in for the forwarder too)."""
 Way = Literal["net_to_service", "service_to_net"]
 WAYS: tuple[Way, ...] = ("net_to_service", "service_to_net")
 DIRECTIONS = (*WAYS, "both")
@@ -310,8 +312,10 @@ class ForwarderProcess:
                                       stderr=out, text=True)
                 wait_ready(self.proc, READY_TIMEOUT)
             else:
+                datapath, options = VARIANTS.get(name, (name, ()))
                 self.proc = lab.start(ns, [sys.executable, "-m", "eoe_filter", "-n", NET_IF, "-t", TAP_IF, "-E",
-                                           "--datapath", name, *extra], stdout=out, stderr=subprocess.STDOUT)
+                                           "--datapath", datapath, *options, *extra], stdout=out,
+                                      stderr=subprocess.STDOUT)
                 self._wait_ready(ns)
         self.tree = process_tree(self.proc.pid)
         pin(self.tree, cpus)
@@ -1008,7 +1012,7 @@ def chart(doc: dict[str, Any], path: Path) -> None:
 
 # --- the command ----------------------------------------------------------------------------------
 def _rows_of(text: str) -> tuple[str, ...]:
-    known = [*(name for name in datapaths() if name != "auto"), *BASELINES]
+    known = [*(name for name in datapaths() if name != "auto"), *VARIANTS, *BASELINES]
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     unknown = [n for n in names if n not in known and n != "auto"]
     if unknown or not names:
@@ -1062,7 +1066,8 @@ def build_parser() -> argparse.ArgumentParser:
                "standard error, the table (or --json) to standard output.")
     p.add_argument("--datapaths", type=_rows_of, default=_rows_of(default_rows), metavar="LIST",
                    help=f"rows to measure, comma-separated (default {default_rows}; c = the C original's design, "
-                        "kernel = tc redirect without userspace, the ceiling)")
+                        "kernel = tc redirect without userspace, the ceiling; also fast-bypass = fast with "
+                        "--qdisc-bypass)")
     p.add_argument("--sizes", type=_sizes_of, default=(64, 1400), metavar="LIST",
                    help=f"inner frame sizes in bytes (default 64,1400; {MIN_SIZE}..{MAX_SIZE})")
     p.add_argument("--repeat", type=int, default=3, metavar="N", help="runs per point; medians reported (default 3)")
