@@ -100,18 +100,24 @@ def send_paced(sock: socket.socket, frames: list[bytes], burst: int = 50) -> Non
         time.sleep(0.01)
 
 
-def run_through(eoe_lab: EoeLab, datapath: str, down: list[bytes], up: list[bytes]) -> tuple[list[bytes], list[bytes],
-                                                                                              str]:
-    """Both directions at once through one forwarder: what came out of tap0, of peer0, and its counters."""
-    fwd = start(eoe_lab, datapath, "--tap-mtu", TAP_MTU)
-    peer, tap = big_socket(eoe_lab, "peer0"), big_socket(eoe_lab, "tap0")
+def exchange(peer: socket.socket, tap: socket.socket, down: list[bytes], up: list[bytes]) -> tuple[list[bytes],
+                                                                                                list[bytes]]:
+    """Send `down` from peer0 and `up` into tap0 at the same time; what then came out of tap0 and of peer0."""
     senders = [threading.Thread(target=send_paced, args=args) for args in ((peer, down), (tap, up))]
     for t in senders:
         t.start()
     for t in senders:
         t.join()
     time.sleep(0.5)
-    out_tap, out_peer = receive_all(tap), receive_all(peer)
+    return receive_all(tap), receive_all(peer)
+
+
+def run_through(eoe_lab: EoeLab, datapath: str, down: list[bytes], up: list[bytes]) -> tuple[list[bytes], list[bytes],
+                                                                                              str]:
+    """Both directions at once through one forwarder: what came out of tap0, of peer0, and its counters."""
+    fwd = start(eoe_lab, datapath, "--tap-mtu", TAP_MTU)
+    peer, tap = big_socket(eoe_lab, "peer0"), big_socket(eoe_lab, "tap0")
+    out_tap, out_peer = exchange(peer, tap, down, up)
     assert fwd.stop() == 0
     peer.close()
     tap.close()

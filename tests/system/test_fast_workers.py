@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import struct
-import threading
 import time
 
 import pytest
@@ -27,7 +26,7 @@ from eoe_filter.link.bpf_classic import eoe_fanout_program, tap_steering_program
 
 from .conftest import EoeLab, Forwarder, receive, receive_all
 from .frames import eoe_frame
-from .test_fast_datapath import UPSTREAM, big_socket, send_paced, workers
+from .test_fast_datapath import UPSTREAM, big_socket, exchange, workers
 
 WORKERS = 2
 FLOWS, PER_FLOW = 48, 30
@@ -86,13 +85,7 @@ def test_many_flows_both_ways_arrive_whole_in_order_and_spread_over_the_workers(
     peer, tap = big_socket(eoe_lab, "peer0"), big_socket(eoe_lab, "tap0")
     down = [eoe_frame(flow_frame(flow, seq, upstream=False)) for seq in range(PER_FLOW) for flow in range(FLOWS)]
     up = [flow_frame(flow, seq, upstream=True) for seq in range(PER_FLOW) for flow in range(FLOWS)]
-    senders = [threading.Thread(target=send_paced, args=args) for args in ((peer, down), (tap, up))]
-    for t in senders:
-        t.start()
-    for t in senders:
-        t.join()
-    time.sleep(0.5)
-    out_tap, out_peer = receive_all(tap), receive_all(peer)
+    out_tap, out_peer = exchange(peer, tap, down, up)
     assert fwd.stop() == 0
     assert per_flow(out_tap) == per_flow([frame[22:] for frame in down])
     assert per_flow(out_peer) == per_flow([eoe_frame(inner, **UPSTREAM) for inner in up])
