@@ -150,6 +150,14 @@ class EoeLab:
         assert out.returncode == 0, out.stderr
         return out.stdout
 
+    def recreate_network(self) -> None:
+        """Delete net0 and make it again, as a board's driver reload does, and wait until it is up."""
+        self.ip("link", "del", "net0")
+        self.ip("link", "add", "net0", "type", "veth", "peer", "name", "peer0")
+        self.ip("link", "set", "net0", "up")
+        self.ip("link", "set", "peer0", "up")
+        self.lab.wait_operstate(self.ns, "net0", "UP")
+
     def close(self) -> None:
         for sock in self.sockets:
             sock.close()

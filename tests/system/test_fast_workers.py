@@ -126,11 +126,7 @@ def test_a_recreated_network_interface_gets_a_new_fanout_group(eoe_lab: EoeLab):
     """A member cannot be bound again: the datapath restarts on the forwarder's re-bound socket."""
     fwd = start(eoe_lab)
     before = workers(fwd.proc.pid)
-    eoe_lab.ip("link", "del", "net0")
-    eoe_lab.ip("link", "add", "net0", "type", "veth", "peer", "name", "peer0")
-    eoe_lab.ip("link", "set", "net0", "up")
-    eoe_lab.ip("link", "set", "peer0", "up")
-    eoe_lab.lab.wait_operstate(eoe_lab.ns, "net0", "UP")
+    eoe_lab.recreate_network()
     fwd.wait_for("the fanout group follows it; restarting the datapath", timeout=5)
     deadline = time.monotonic() + 5
     while len(after := workers(fwd.proc.pid)) != 2 * WORKERS or set(after) & set(before):
@@ -183,11 +179,7 @@ def test_under_user_the_tap_and_the_group_come_back_steered(eoe_lab: EoeLab):
     fwd = start(eoe_lab, "--user", "nobody")
     eoe_lab.ip("link", "del", "tap0")
     fwd.wait_for("tap0 is back; forwarding resumed", timeout=5)
-    eoe_lab.ip("link", "del", "net0")
-    eoe_lab.ip("link", "add", "net0", "type", "veth", "peer", "name", "peer0")
-    eoe_lab.ip("link", "set", "net0", "up")
-    eoe_lab.ip("link", "set", "peer0", "up")
-    eoe_lab.lab.wait_operstate(eoe_lab.ns, "net0", "UP")
+    eoe_lab.recreate_network()
     fwd.wait_for("the fanout group follows it; restarting the datapath", timeout=5)
     deadline = time.monotonic() + 5
     while len(workers(fwd.proc.pid)) != 2 * WORKERS:
