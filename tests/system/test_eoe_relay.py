@@ -56,7 +56,7 @@ def test_startup_lines_and_tap_up_with_room_for_the_header(eoe_lab: EoeLab):
     fwd = eoe_lab.start()
     expected = ORIGINAL_STARTUP
     if UNDER_EBPF:  # no forwarding threads: their four lines give way to one (LIMITS in datapath/ebpf.py)
-        expected = ORIGINAL_STARTUP[:-4] + [r"kernel datapath attached \(eBPF\): .*XDP on net0 .*"]
+        expected = ORIGINAL_STARTUP[:-4] + [r"kernel datapath attached \(eBPF\): .*tc ingress on net0 .*"]
     assert len(fwd.lines) == len(expected), fwd.output
     for line, pattern in zip(fwd.lines, expected):
         assert re.fullmatch(pattern, line), (line, pattern)

@@ -48,7 +48,7 @@ def hexbytes(text: str) -> bytes:
     (asm.st(asm.W, FP, -4, 1), "62 0a fcff 01000000", "62 a0 fffc 00000001"),
     (asm.st(asm.W, FP, -4, 0xFFFFFFFF), "62 0a fcff ffffffff", "62 a0 fffc ffffffff"),
     (call("redirect"), "85 00 0000 17000000", "85 00 0000 00000017"),
-    (call("xdp_adjust_head"), "85 00 0000 2c000000", "85 00 0000 0000002c"),
+    (call("skb_change_head"), "85 00 0000 2b000000", "85 00 0000 0000002b"),
     (exit_(), "95 00 0000 00000000", "95 00 0000 00000000"),
 ])
 def test_single_instructions(insn: Insn, little: str, big: str):

@@ -27,15 +27,12 @@ Differences from the userspace datapaths (LIMITS):
 - frames sent into the TAP past tc egress (PACKET_QDISC_BYPASS) reach its
   file descriptor as before: one userspace loop, the simple datapath's,
   still forwards those;
-- a veth peer that hands the EOE tag over out of band (transmit VLAN
-  offload) is detected per frame and counted as "other"; a NIC with receive
-  VLAN offload makes `auto` fall back to userspace;
-- a driver whose native XDP keeps no metadata (bpf_xdp_adjust_meta fails;
-  veth and generic XDP keep it) leaves every EOE frame to the host's stack,
-  each counted as "other";
+- an EOE frame whose length field (bytes 16-17) and bytes 20-21 both read
+  as VLAN EtherTypes (a length of 33024 or more: no real frame) is dropped
+  as "other": the kernel would lift part of the inner frame as a tag;
 - after SIGKILL, programs attached through netlink (no BPF links: Linux
-  before 6.6 for tc, 5.9 for XDP) stay attached until the next start
-  replaces them (or `eoe_filter cleanup` removes them);
+  before 6.6) stay attached until the next start replaces them (or
+  `eoe_filter cleanup` removes them);
 - the original of every frame sent is freed by the kernel as a drop (the
   copy is what travels): drop monitors see one per frame.
 """
@@ -58,7 +55,7 @@ from ..ebpf import programs as P
 from ..ebpf import syscall as sc
 from ..ebpf.asm import HELPER_NAMES, assemble, encode
 from ..ebpf.attach import Attacher, AttachError, Hook, Interface
-from ..ebpf.netdev import LinkWatch, Segmenter, strips_vlan_tags
+from ..ebpf.netdev import LinkWatch, Segmenter
 from ..link.netif import IFF_UP
 from ..link.packet_socket import PacketSocket
 from ..log import RateLimited
@@ -75,7 +72,7 @@ SYNC_INTERVAL = 0.1
 SETTLE = 0.02
 """Ample time for a frame redirected into the TAP to land there (a softirq's backlog run)."""
 ATTACH_ENV = "EOE_FILTER_BPF_ATTACH"
-"""Force how programs are attached: "link" (BPF links) or "netlink" (clsact filters, IFLA_XDP); unset probes."""
+"""Force how programs are attached: "link" (BPF links) or "netlink" (clsact filters); unset probes."""
 _U64 = (1 << 64) - 1
 _WARNED = (DropReason.TAP_DOWN, DropReason.NET_DOWN, DropReason.TOO_BIG, DropReason.NO_BUFFERS, DropReason.OTHER)
 """Drops that userspace reports as a (rate-limited) send error; the kernel datapath says them too."""
@@ -226,35 +223,12 @@ class EbpfDatapath:
     def _attach_eoe(self) -> None:
         assert self.attacher is not None and self.segmenter is not None
         options, net, tap, attach = self.ctx.relay.options, self.net, self.service, self.attacher.attach
-        kind = self.ipr.get_links(net.index)[0].get(("linkinfo", "kind"))
-        if kind != "veth" and strips_vlan_tags(net.name):
-            raise AttachError(f"{net.name} strips VLAN tags on receive, before XDP sees them "
-                              f"(turn it off: ethtool -K {net.name} rxvlan off)")
         template, rule = options.header.pack(0), AcceptRule(options.accept_dmac, options.accept_vid)
         seg = self.segmenter
         attach(self._load(P.eoe_arrival_tc()), tap, Hook.INGRESS)  # first attached, last detached
         attach(self._load(P.eoe_encap_tc(template, net.index)), Interface(seg.far_index, seg.far), Hook.INGRESS)
         attach(self._load(P.eoe_to_segmenter_tc(seg.near_index)), tap, Hook.EGRESS)
-        attach(self._load(P.eoe_to_tap_tc(tap.index)), net, Hook.INGRESS)
-        decap = P.eoe_decap_xdp(options.filter, rule)
-        # Native XDP runs in the driver, before any skb exists. Generic XDP, the fallback for drivers
-        # without it, runs on the skb, but skips skbs a tc program redirected: on a veth whose peer's frames
-        # come from a redirect (another forwarder, a container's datapath) it would see nothing. So native
-        # even on a veth, where it copies each frame of a local sender into a page (too little headroom).
-        try:
-            attach(self._load_frags_aware(decap), net, Hook.XDP)
-        except AttachError as e:  # no native XDP in this driver
-            self.ctx.log.info("%s; using generic XDP", e)
-            attach(self._load(decap), net, Hook.XDP_GENERIC)
-
-    def _load_frags_aware(self, spec: P.ProgramSpec) -> int:
-        """A frags-aware XDP program takes frames larger than a page; before Linux 5.18, one that does not."""
-        try:
-            return self._load(spec, sc.F_XDP_HAS_FRAGS)
-        except sc.BpfError as e:
-            if e.errno != errno.EINVAL or e.log:
-                raise
-            return self._load(spec)
+        attach(self._load(P.eoe_decap_tc(options.filter, rule, tap.index)), net, Hook.INGRESS)
 
     def _attach_dhcp(self) -> None:
         assert self.attacher is not None

@@ -55,8 +55,7 @@ PSEUDO_MAP_FD = 1
 
 HELPERS: dict[str, int] = {
     "map_lookup_elem": 1, "skb_store_bytes": 9, "clone_redirect": 13, "skb_vlan_push": 18, "skb_vlan_pop": 19,
-    "redirect": 23, "skb_change_tail": 38, "skb_change_head": 43, "xdp_adjust_head": 44, "xdp_adjust_meta": 54,
-    "check_mtu": 163,
+    "redirect": 23, "skb_load_bytes": 26, "skb_change_tail": 38, "skb_change_head": 43, "check_mtu": 163,
 }
 """Helper numbers (the order of __BPF_FUNC_MAPPER in linux/bpf.h, stable kernel ABI)."""
 HELPER_NAMES = {number: name for name, number in HELPERS.items()}

@@ -1,10 +1,9 @@
-"""Attaching programs to interfaces: BPF links where the kernel has them, tc/XDP netlink otherwise.
+"""Attaching tc programs to interfaces: BPF links where the kernel has them, netlink otherwise.
 
-A BPF link (tcx since Linux 6.6, XDP links since 5.9) detaches when its
-file descriptor closes, so programs die with the process, SIGKILL
-included. Without links, programs are attached through netlink (pyroute2):
-XDP with IFLA_XDP, tc as a cls_bpf filter in direct-action mode on a clsact
-qdisc. Those outlive a killed process, so every start first removes what an
+A BPF link (tcx, since Linux 6.6) detaches when its file descriptor
+closes, so programs die with the process, SIGKILL included. Without
+links, programs are attached through netlink (pyroute2) as cls_bpf filters
+in direct-action mode on a clsact qdisc. Those outlive a killed process, so every start first removes what an
 earlier run of ours left (programs are recognised by their name prefix) and
 only then attaches: a restart replaces stale programs instead of stacking a
 second copy.
@@ -27,10 +26,6 @@ from .programs import PROGRAM_PREFIX
 
 
 class Hook(Enum):
-    XDP = "XDP"
-    """Native XDP: in the driver, before any skb exists."""
-    XDP_GENERIC = "generic XDP"
-    """XDP on the skb, first thing in the stack's receive path: any device."""
     INGRESS = "tc ingress"
     EGRESS = "tc egress"
 
@@ -39,9 +34,6 @@ class AttachError(Exception):
     """The program cannot be attached; the message is one line for the operator."""
 
 
-XDP_FLAGS_SKB_MODE = 1 << 1
-XDP_FLAGS_DRV_MODE = 1 << 2
-XDP_MODE = {Hook.XDP: XDP_FLAGS_DRV_MODE, Hook.XDP_GENERIC: XDP_FLAGS_SKB_MODE}
 TC_PARENT = {Hook.INGRESS: 0xFFFF_FFF2, Hook.EGRESS: 0xFFFF_FFF3}
 """clsact's ingress and egress pseudo-classes (TC_H_CLSACT:TC_H_MIN_INGRESS / _EGRESS)."""
 TCX = {Hook.INGRESS: sc.ATTACH_TCX_INGRESS, Hook.EGRESS: sc.ATTACH_TCX_EGRESS}
@@ -87,37 +79,21 @@ class Attacher:
         self._clsact.clear()
 
     def attach(self, prog_fd: int, where: Interface, hook: Hook) -> None:
-        if hook in XDP_MODE:
-            how = self._xdp(prog_fd, where, XDP_MODE[hook])
-        else:
-            how = self._tc(prog_fd, where, hook)
+        how = self._tc(prog_fd, where, hook)
         self.done.append(f"{hook.value} on {where.name} ({how})")
 
-    def _link(self, prog_fd: int, where: Interface, attach_type: int, flags: int = 0) -> int | None:
+    def _link(self, prog_fd: int, where: Interface, attach_type: int) -> int | None:
         """A BPF link, or None when links are off or this kernel has none of this type."""
         if self.use_links is False:
             return None
         try:
-            fd = sc.create_link(prog_fd, where.index, attach_type, flags)
+            fd = sc.create_link(prog_fd, where.index, attach_type)
         except sc.BpfError as e:
             if self.use_links is None and e.errno == errno.EINVAL:
                 return None
             raise
         self._undo.append(lambda: os.close(fd))
         return fd
-
-    def _xdp(self, prog_fd: int, where: Interface, flags: int) -> str:
-        try:
-            if self._link(prog_fd, where, sc.ATTACH_XDP, flags) is not None:
-                return "BPF link"
-            self._xdp_netlink(where, prog_fd, flags)
-        except (sc.BpfError, NetlinkError) as e:
-            raise AttachError(f"cannot attach XDP to {where.name}: {_reason(e)}") from None
-        self._undo.append(lambda: self._xdp_netlink(where, -1, flags))
-        return "netlink"
-
-    def _xdp_netlink(self, where: Interface, fd: int, flags: int) -> None:
-        self.ipr.link("set", index=where.index, xdp={"attrs": [("IFLA_XDP_FD", fd), ("IFLA_XDP_FLAGS", flags)]})
 
     def _tc(self, prog_fd: int, where: Interface, hook: Hook) -> str:
         try:
@@ -175,26 +151,7 @@ class Attacher:
                         emptied = False
             if removed and emptied:
                 self._delete_clsact(where.index)
-        removed += self._remove_stale_xdp(where)
         return removed
-
-    def _remove_stale_xdp(self, where: Interface) -> list[str]:
-        link = self.ipr.get_links(where.index)[0]
-        prog_id = link.get(("xdp", "IFLA_XDP_PROG_ID"))
-        if not prog_id:
-            return []
-        name = _name(prog_id)
-        if not name.startswith(PROGRAM_PREFIX):
-            raise AttachError(f"{where.name} already has an XDP program ({name or 'unnamed'}, id {prog_id}) "
-                              "that is not ours")
-        flags = XDP_FLAGS_SKB_MODE if link.get(("xdp", "IFLA_XDP_SKB_PROG_ID")) else XDP_FLAGS_DRV_MODE
-        try:
-            self._xdp_netlink(where, -1, flags)
-        except NetlinkError:
-            raise AttachError(f"{where.name} already carries {name} (id {prog_id}) through a BPF link: "
-                              "another eoe_filter is forwarding on it") from None
-        return [f"XDP program {name}"]
-
 
 def _query(index: int, attach_type: int) -> list[int]:
     try:
@@ -213,6 +170,4 @@ def _name(prog_id: int) -> str:
 def _reason(e: Exception) -> str:
     if isinstance(e, NetlinkError):
         return os.strerror(e.code) if isinstance(e.code, int) else str(e)
-    if isinstance(e, OSError) and e.errno == errno.ERANGE:
-        return "MTU too large for XDP on this device (its peer's MTU must fit a page without frags support)"
     return e.strerror if isinstance(e, OSError) and e.strerror else str(e)

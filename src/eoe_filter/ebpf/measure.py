@@ -15,14 +15,13 @@ the same for a plain veth pair (generator and sink alone), per delivered
 frame. Other load on the machine is left out, except what it takes of
 ksoftirqd. For the eBPF datapath, the time spent in its programs themselves
 (the kernel's run-time statistics) is shown too: the rest is the kernel's
-own work on the frames (XDP on a veth, skbs, the TAP's receive path).
+own work on the frames (skbs, the TAP's receive path, the segmenter).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import socket
 import statistics
@@ -55,16 +54,10 @@ WAYS = ("net_to_tap", "tap_to_net")
 
 
 def attached_programs(lab: Lab, ns: str) -> list[int]:
-    """IDs of the programs attached to the interfaces of `ns`: tcx and XDP."""
+    """IDs of the programs attached to the interfaces of `ns` (through tcx links)."""
     with in_netns(ns):
-        interfaces = socket.if_nameindex()
-        found = [prog for index, _ in interfaces for kind in (sc.ATTACH_TCX_INGRESS, sc.ATTACH_TCX_EGRESS)
-                 for prog in sc.query_programs(index, kind)]
-    for _, name in interfaces:
-        link = json.loads(lab.run(ns, ["ip", "-j", "-d", "link", "show", name]).stdout)[0]
-        if "xdp" in link:
-            found.append(link["xdp"]["prog"]["id"])
-    return found
+        return [prog for index, _ in socket.if_nameindex() for kind in (sc.ATTACH_TCX_INGRESS, sc.ATTACH_TCX_EGRESS)
+                for prog in sc.query_programs(index, kind)]
 
 
 def program_time(ids: list[int]) -> float:

@@ -31,8 +31,6 @@ IFINFOMSG = struct.Struct("=BxHiII")
 
 SIOCETHTOOL = 0x8946
 ETHTOOL_GTXCSUM, ETHTOOL_STXCSUM = 0x16, 0x17
-ETHTOOL_GFLAGS = 0x25
-ETH_FLAG_RXVLAN = 1 << 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,14 +79,6 @@ def _ethtool(ifname: str, cmd: int, data: int = 0) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
         fcntl.ioctl(s.fileno(), SIOCETHTOOL, req)
     return struct.unpack("=II", value.raw)[1]
-
-
-def strips_vlan_tags(ifname: str) -> bool:
-    """Receive VLAN offload: the NIC hands frames over without their tag, XDP included (veth: see LIMITS)."""
-    try:
-        return bool(_ethtool(ifname, ETHTOOL_GFLAGS) & ETH_FLAG_RXVLAN)
-    except OSError:
-        return False
 
 
 SEGMENTER_ALIAS = "eoe_filter segmenter for "

@@ -1,12 +1,13 @@
 """The relays as kernel programs, assembled from the wire constants the userspace codecs use.
 
-EOE, net -> TAP: an XDP program on the network interface sees each frame
-before any skb exists, with its 802.1Q tag still in the data, so it can
-apply the userspace acceptance rule on the wire view and strip the 22-byte
-header with bpf_xdp_adjust_head (tc cannot: bpf_skb_adjust_room only
-handles IP skbs). It marks what it stripped in the XDP metadata; a tc
-ingress program on the same interface injects marked skbs into the TAP's
-receive path, as a write to the TAP would.
+EOE, net -> TAP: a tc ingress program on the network interface applies the
+userspace acceptance rule on the wire view (the stack keeps the outer tag
+in skb metadata), strips the 22-byte header and injects the inner frame
+into the TAP's receive path, as a write to the TAP would. No XDP: native
+XDP on a veth copies every frame into a page and turns the veth into a
+NAPI device (measured here: twice the CPU per frame of this program), a
+NIC with receive VLAN offload hides the tag from it, and generic XDP skips
+frames another tc program redirected.
 
 EOE, TAP -> net: tc egress on the TAP runs before the kernel segments and
 checksums, and a TCP socket builds super-frames with partial checksums
@@ -82,7 +83,6 @@ from .syscall import (
     MAP_TYPE_ARRAY,
     MAP_TYPE_PERCPU_ARRAY,
     PROG_TYPE_SCHED_CLS,
-    PROG_TYPE_XDP,
 )
 
 
@@ -103,26 +103,14 @@ class SkBuff(ctypes.Structure):
                 ("gso_segs", ctypes.c_uint32), ("sk", ctypes.c_uint64), ("gso_size", ctypes.c_uint32)]
 
 
-class XdpMd(ctypes.Structure):
-    """struct xdp_md (linux/bpf.h), the XDP programs' context; NATIVE layout."""
-
-    _fields_ = [("data", ctypes.c_uint32), ("data_end", ctypes.c_uint32), ("data_meta", ctypes.c_uint32),
-                ("ingress_ifindex", ctypes.c_uint32), ("rx_queue_index", ctypes.c_uint32)]
-
-
 def skb(field: str) -> int:
     return getattr(SkBuff, field).offset
-
-
-def xdp(field: str) -> int:
-    return getattr(XdpMd, field).offset
 
 
 # Verdicts and flags (linux/pkt_cls.h, linux/bpf.h).
 TC_ACT_NEXT = -1
 """TC_ACT_UNSPEC (TCX_NEXT): not ours, let later programs and the host's stack have it untouched."""
 TC_ACT_SHOT = 2
-XDP_DROP, XDP_PASS = 1, 2
 BPF_F_INGRESS = 1
 
 IPV4_FRAGMENT = 6  # be16 flags + fragment offset, in the IPv4 header
@@ -142,9 +130,7 @@ SLOT_FRAMES, SLOT_BYTES = 0, 1
 SLOT_REFUSED = 2 + max(DropReason) + 1
 """Frames the kernel refused after a redirect (its target was down, or out of buffers): the control
 plane, which sees the link events, names the reason."""
-SLOT_SEQUENCE = SLOT_REFUSED + 1
-"""A per-CPU frame number (XDP): it makes every frame's metadata differ, so GRO never merges two."""
-SLOT_INJECTED = SLOT_SEQUENCE + 1
+SLOT_INJECTED = SLOT_REFUSED + 1
 """Two slots, one per epoch: frames redirected into the TAP's receive path (net -> TAP)."""
 SLOT_ARRIVED = SLOT_INJECTED + 2
 """Two slots, one per epoch: of those, the frames that arrived there. Once an epoch is over and its
@@ -165,9 +151,6 @@ MAPS = (MapSpec("eoe_counters", MAP_TYPE_PERCPU_ARRAY, COUNTERS_VALUE, 2),
         MapSpec("eoe_epoch", MAP_TYPE_ARRAY, 4, 1))
 COUNTERS, EPOCH = (m.name for m in MAPS)
 
-META_MAGIC = 0xE0E5
-"""First 16 bits of the XDP metadata: "the XDP program stripped this frame's header"."""
-META_LEN = 4
 SEGMENT_MARK = 0xE0E5_5E61
 """skb->mark of frames on their way through the segmenter (restored to 0 after it)."""
 INJECT_MARK = 0xE0E5_1A70
@@ -212,24 +195,6 @@ def _bounds(data: Reg, end: Reg, length: int, short: str) -> list[Item]:
     return [mov(R1, data), add(R1, length), jump_if(R1, ">", end, short)]
 
 
-def _short(data: Reg, end: Reg, length: int, enough: str) -> list[Item]:
-    """Go to `enough` when data + length <= end."""
-    return [mov(R1, data), add(R1, length), jump_if(R1, "<=", end, enough)]
-
-
-def _inner_length(into: Reg, shortest: int, longest: int, label: str) -> list[Item]:
-    """into = the inner frame's length, of an XDP frame in R2..R3 known to hold `shortest` to `longest` bytes.
-
-    A ladder of bounds checks, not data_end - data: subtracting pointers
-    needs CAP_PERFMON, which the forwarder does not keep under --user.
-    """
-    items: list[Item] = [mov(into, shortest - eoe.HEADER_LEN)]
-    for length in range(shortest + 1, longest + 1):
-        items += [mov(R1, R2), add(R1, length), jump_if(R1, ">", R3, f"{label}_known"),
-                  mov(into, length - eoe.HEADER_LEN)]
-    return [*items, Label(f"{label}_known")]
-
-
 def _aligned_stores(base: Reg, at: int, data: bytes) -> list[Item]:
     """Store constant bytes at base + at in the widest pieces the strict alignment rule allows."""
     items: list[Item] = []
@@ -266,19 +231,15 @@ def _send(ifindex: int, flags: int) -> list[Item]:
     ]
 
 
-def _accept_rule(rule: AcceptRule, lifted: bool) -> list[Item]:
-    """wire.accept.AcceptRule: destination MAC and outer VID in the configured sets, else "filtered".
+def _accept_rule(rule: AcceptRule) -> list[Item]:
+    """wire.accept.AcceptRule at tc ingress: destination MAC and outer VID in the configured sets, else "filtered".
 
-    With `lifted` (tc ingress) the outer tag is in skb metadata, else (XDP)
-    inline at its wire offset. The sets are small, so the compares are unrolled.
+    The outer tag is in skb metadata. The sets are small, so the compares are unrolled.
     """
-    items: list[Item] = []
-    if lifted:
-        items += [ldx(W, R1, R6, skb("len")), ldx(W, R4, R6, skb("vlan_present")), lsh(R4, 2), add(R1, R4),
-                  jump_if(R1, "<", vlan.TCI_OFFSET + 2, "filtered"),
-                  ldx(W, R2, R6, skb("data")), ldx(W, R3, R6, skb("data_end")), *_bounds(R2, R3, 6, "filtered")]
-    else:
-        items += _bounds(R2, R3, vlan.TCI_OFFSET + 2, "filtered")
+    items: list[Item] = [
+        ldx(W, R1, R6, skb("len")), ldx(W, R4, R6, skb("vlan_present")), lsh(R4, 2), add(R1, R4),
+        jump_if(R1, "<", vlan.TCI_OFFSET + 2, "filtered"),
+        ldx(W, R2, R6, skb("data")), ldx(W, R3, R6, skb("data_end")), *_bounds(R2, R3, 6, "filtered")]
     if rule.dmacs:
         items += [ldx(H, R1, R2, 0), ldx(W, R4, R2, 2)]
         for i, mac in enumerate(sorted(rule.dmacs)):
@@ -287,13 +248,9 @@ def _accept_rule(rule: AcceptRule, lifted: bool) -> list[Item]:
                       Label(f"acc_mac{i}")]
         items += [goto("filtered"), Label("acc_mac_ok")]
     if rule.vids:
-        if lifted:
-            items += [ldx(W, R1, R6, skb("vlan_present")), jump_if(R1, "==", 0, "filtered"),
-                      ldx(W, R1, R6, skb("vlan_proto")), jump_if(R1, "!=", native(vlan.TPID_8021Q, 2), "filtered"),
-                      ldx(W, R1, R6, skb("vlan_tci"))]
-        else:
-            items += [ldx(H, R1, R2, vlan.TPID_OFFSET), jump_if(R1, "!=", native(vlan.TPID_8021Q, 2), "filtered"),
-                      ldx(H, R1, R2, vlan.TCI_OFFSET), to_be(R1, 16)]
+        items += [ldx(W, R1, R6, skb("vlan_present")), jump_if(R1, "==", 0, "filtered"),
+                  ldx(W, R1, R6, skb("vlan_proto")), jump_if(R1, "!=", native(vlan.TPID_8021Q, 2), "filtered"),
+                  ldx(W, R1, R6, skb("vlan_tci"))]
         items += [and_(R1, vlan.VID_MASK), *[jump_if(R1, "==", vid, "acc_vid_ok") for vid in sorted(rule.vids)],
                   goto("filtered"), Label("acc_vid_ok")]
     return items
@@ -301,104 +258,124 @@ def _accept_rule(rule: AcceptRule, lifted: bool) -> list[Item]:
 
 # --- EOE, net -> TAP ------------------------------------------------------------------
 
-def eoe_decap_xdp(accept_filter: bool, rule: AcceptRule) -> ProgramSpec:
-    """Strip and mark, or count and pass untouched: runt and filtered frames go on to the host's stack.
+COPY_CHUNK = 256
+"""Bytes moved per helper call when the inner frame slides over the stripped header (the stack holds 512)."""
+COPY_CHUNKS = -(-0xFFFF // COPY_CHUNK)
+"""Enough chunks for any frame: the bound the verifier needs to accept the loop."""
 
-    The checks run in the userspace path's order: -F, the acceptance rule,
-    the runt test. They read the first buffer, which is the whole frame
-    unless a frags-aware load let a frame span pages. The metadata carries a
-    per-CPU frame number besides the mark: GRO merges only skbs whose
-    metadata are equal, and the TAP must get the frames one by one, as
-    userspace wrote them (and as counted).
+
+def _load_wire(at: int, size: int, into: Reg, fail: str) -> list[Item]:
+    """into = the `size` bytes (native load) at wire offset `at` >= 16 of the frame at tc ingress.
+
+    R7 holds how many wire bytes the data lacks in front of `at` (the lifted tag).
     """
-    needed = eoe.INNER_TAGGED_ETHERTYPE_OFFSET + 2 if accept_filter else eoe.MIN_FRAME
-    inner_tpid = eoe.HEADER_LEN + vlan.TPID_OFFSET
+    code = {1: B, 2: H}[size]
+    return [mov(R1, R6), mov(R2, at), sub(R2, R7), mov(R3, FP), add(R3, -16), mov(R4, size),
+            call("skb_load_bytes"), jump_if(R0, "!=", 0, fail), ldx(code, into, FP, -16)]
+
+
+def _move(offset: int, buffer: int, size: int) -> list[Item]:
+    """Move a chunk of the frame from R7 + [FP + offset] to R7 through the stack at FP + buffer.
+
+    `size` is COPY_CHUNK, or negative: the stack slot holding the frame's
+    length, whose last partial chunk moves (nothing when there is none).
+    """
+    if size > 0:
+        sized: list[Item] = [mov(R4, size)]
+    else:
+        sized = [ldx(DW, R4, FP, size), and_(R4, COPY_CHUNK - 1), jump_if(R4, "==", 0, "copied")]
+    return [*sized, mov(R1, R6), ldx(DW, R2, FP, offset), add(R2, R7), mov(R3, FP), add(R3, buffer),
+            call("skb_load_bytes"), jump_if(R0, "!=", 0, "broken"),
+            *sized, mov(R1, R6), mov(R2, R7), mov(R3, FP), add(R3, buffer), mov(R5, 0),
+            call("skb_store_bytes"), jump_if(R0, "!=", 0, "broken")]
+
+
+def eoe_decap_tc(accept_filter: bool, rule: AcceptRule, tap_ifindex: int) -> ProgramSpec:
+    """Net ingress: strip the header and inject the inner frame into the TAP's receive path.
+
+    Runt and filtered frames go on to the host's stack untouched. The checks
+    run in the userspace path's order (-F, the acceptance rule, the runt
+    test) on the wire view: the stack has lifted the outer tag into skb
+    metadata, so a wire offset past it is 4 less in the data. tc cannot take
+    bytes off the front of a non-IP skb (bpf_skb_adjust_room handles IP
+    only), so the inner frame slides over the header through the stack, a
+    chunk at a time, and the tail is trimmed. A frame the TAP's stack would
+    free unseen (an inner tag it cannot lift) is counted as forwarded and
+    dropped, as userspace's write was counted. Redirected frames are marked
+    with the current epoch and counted as injected: eoe_arrival_tc counts
+    them again on arrival.
+    """
+    # Stack: -4 map key, -16 _load_wire; then the header's length in the data, the inner frame's length,
+    # the counters (R9 counts chunks while they move), a chunk.
+    offset, length, counters, buffer = -24, -32, -40, -40 - COPY_CHUNK
     items: list[Item] = [
         mov(R6, R1),
-        *_lookup(COUNTERS, NET_TO_SERVICE, R9, "pass"),
-    ]
-    items += [ldx(W, R2, R6, xdp("data")), ldx(W, R3, R6, xdp("data_end"))]
-    # A tagged frame too short to untag is freed by the stack before any socket sees it: userspace
-    # never counted it, so neither do we.
-    items += [
-        *_short(R2, R3, UNTAGGABLE, "checks"),
-        *_bounds(R2, R3, vlan.TPID_OFFSET + 2, "checks"),
-        ldx(H, R1, R2, vlan.TPID_OFFSET),
-        jump_if(R1, "==", native(vlan.TPID_8021Q, 2), "pass"),
-        jump_if(R1, "==", native(vlan.TPID_8021AD, 2), "pass"),
-        Label("checks"),
+        *_lookup(COUNTERS, NET_TO_SERVICE, R9, "next"),
+        ldx(W, R7, R6, skb("vlan_present")), lsh(R7, 2),
+        ldx(W, R8, R6, skb("len")), add(R8, R7),  # the wire length
     ]
     if accept_filter:  # wire.eoe.accepts_downstream
         items += [
-            *_bounds(R2, R3, needed, "filtered"),
-            ldx(B, R1, R2, eoe.CONTROL_OFFSET), rsh(R1, eoe.OP_CODE_SHIFT),
+            jump_if(R8, "<", eoe.INNER_TAGGED_ETHERTYPE_OFFSET + 2, "filtered"),
+            *_load_wire(eoe.CONTROL_OFFSET, 1, R1, "other"), rsh(R1, eoe.OP_CODE_SHIFT),
             jump_if(R1, "!=", eoe.OpCode.SWITCH_DOWNSTREAM, "filtered"),
-            ldx(H, R1, R2, eoe.INNER_TAGGED_ETHERTYPE_OFFSET),
+            *_load_wire(eoe.INNER_TAGGED_ETHERTYPE_OFFSET, 2, R1, "other"),
             jump_if(R1, "==", native(eoe.CONTROL_PROTOCOL, 2), "filtered"),
         ]
     if rule:
-        items += _accept_rule(rule, lifted=False)
+        items += _accept_rule(rule)
     if not accept_filter:  # wire.eoe.decapsulate
-        items += _bounds(R2, R3, needed, "runt")
+        items.append(jump_if(R8, "<", eoe.MIN_FRAME, "runt"))
     items += [
-        # Is the inner frame tagged? The stack will lift that tag; tc tells it from one lifted before XDP.
-        mov(R4, 0), mov(R1, R2), add(R1, inner_tpid + 2), jump_if(R1, ">", R3, "meta"),
-        ldx(H, R1, R2, inner_tpid),
-        jump_if(R1, "==", native(vlan.TPID_8021Q, 2), "tagged"),
-        jump_if(R1, "!=", native(vlan.TPID_8021AD, 2), "meta"),
-        Label("tagged"), mov(R4, 1),
-        # Too short to untag: the TAP's stack would free it unseen, after a write userspace counted.
-        *_short(R2, R3, eoe.HEADER_LEN + UNTAGGABLE, "meta"),
-        *_inner_length(R7, inner_tpid + 2, eoe.HEADER_LEN + UNTAGGABLE - 1, "short"),
-        *_bump(SLOT_FRAMES), *_bump(SLOT_BYTES, R7), mov(R0, XDP_DROP), exit_(),
-        Label("meta"),
-        ldx(DW, R1, R9, 8 * SLOT_SEQUENCE), add(R1, 1), stx(DW, R9, 8 * SLOT_SEQUENCE, R1),
-        lsh(R1, 1), or_(R4, R1), stx(DW, FP, -16, R4),
-        mov(R1, R6), mov(R2, -META_LEN), call("xdp_adjust_meta"), jump_if(R0, "!=", 0, "other"),
-        mov(R1, R6), mov(R2, eoe.HEADER_LEN), call("xdp_adjust_head"), jump_if(R0, "!=", 0, "undo_meta"),
-        ldx(W, R2, R6, xdp("data_meta")), ldx(W, R3, R6, xdp("data")),
-        *_bounds(R2, R3, META_LEN, "broken"),
-        st(H, R2, 0, META_MAGIC), ldx(DW, R4, FP, -16), stx(H, R2, 2, R4),
-        mov(R0, XDP_PASS), exit_(),
-        Label("undo_meta"), mov(R1, R6), mov(R2, META_LEN), call("xdp_adjust_meta"),
-        *_drop("other", DropReason.OTHER, XDP_PASS),
-        *_drop("broken", DropReason.OTHER, XDP_DROP),  # metadata vanished after it was made: never seen
-        *(_drop("filtered", DropReason.FILTERED, XDP_PASS) if accept_filter or rule else []),
-        *([] if accept_filter else _drop("runt", DropReason.RUNT, XDP_PASS)),
-        Label("pass"), mov(R0, XDP_PASS), exit_(),
-    ]
-    return ProgramSpec("eoe_decap", PROG_TYPE_XDP, tuple(items))
-
-
-def eoe_to_tap_tc(tap_ifindex: int) -> ProgramSpec:
-    """Inject what XDP stripped into the TAP's receive path; anything else continues untouched.
-
-    A plain redirect, the cheapest way there, marked with the current epoch
-    and counted as injected: eoe_arrival_tc counts it again on arrival. A
-    tag in skb metadata that the XDP program did not see inline (a NIC or
-    veth peer that hands over tags out of band) means it stripped the wrong
-    22 bytes: that frame is dropped as "other".
-    """
-    return ProgramSpec("eoe_to_tap", PROG_TYPE_SCHED_CLS, (
-        mov(R6, R1),
-        ldx(W, R2, R6, skb("data_meta")), ldx(W, R3, R6, skb("data")),
-        *_bounds(R2, R3, META_LEN, "next"),
-        ldx(H, R1, R2, 0), jump_if(R1, "!=", META_MAGIC, "next"),
-        ldx(H, R7, R2, 2), and_(R7, 1),
-        *_lookup(COUNTERS, NET_TO_SERVICE, R9, "shot"),
-        ldx(W, R1, R6, skb("vlan_present")), jump_if(R1, "==", 0, "inject"),
-        jump_if(R7, "==", 0, "other"),
-        Label("inject"),
+        jump_if(R8, ">=", eoe.HEADER_LEN + UNTAGGABLE, "strip"),
+        *_load_wire(eoe.HEADER_LEN + vlan.TPID_OFFSET, 2, R1, "other"),
+        jump_if(R1, "==", native(vlan.TPID_8021Q, 2), "untaggable"),
+        jump_if(R1, "!=", native(vlan.TPID_8021AD, 2), "strip"),
+        Label("untaggable"), sub(R8, eoe.HEADER_LEN), *_bump(SLOT_FRAMES), *_bump(SLOT_BYTES, R8),
+        mov(R0, TC_ACT_SHOT), exit_(),
+        Label("strip"),
+        # Clear the lifted tag. Behind a VLAN EtherType the kernel lifts the next 4 bytes into its place;
+        # that is the header's too, once: a third would be the inner frame's.
+        stx(DW, FP, counters, R9),
+        jump_if(R7, "==", 0, "popped"),
+        mov(R1, R6), call("skb_vlan_pop"), jump_if(R0, "!=", 0, "broken"),
+        ldx(W, R1, R6, skb("vlan_present")), jump_if(R1, "==", 0, "popped"),
+        add(R7, vlan.TAG_LEN),
+        mov(R1, R6), call("skb_vlan_pop"), jump_if(R0, "!=", 0, "broken"),
+        ldx(W, R1, R6, skb("vlan_present")), jump_if(R1, "!=", 0, "broken"),
+        Label("popped"),
+        mov(R1, eoe.HEADER_LEN), sub(R1, R7), stx(DW, FP, offset, R1),
+        ldx(W, R8, R6, skb("len")), sub(R8, R1), and_(R8, 0xFFFF), stx(DW, FP, length, R8),
+        # Whole chunks first, then the rest: one path per chunk, which the verifier follows linearly.
+        rsh(R8, COPY_CHUNK.bit_length() - 1),
+        mov(R7, 0), mov(R9, 0),  # where the next chunk goes; chunks moved
+        Label("copy"),
+        jump_if(R9, ">=", R8, "rest"),
+        jump_if(R9, ">=", COPY_CHUNKS, "broken"),
+        *_move(offset, buffer, COPY_CHUNK),
+        add(R7, COPY_CHUNK), add(R9, 1), goto("copy"),
+        Label("rest"),
+        *_move(offset, buffer, length),
+        Label("copied"),
+        mov(R1, R6), ldx(W, R2, R6, skb("len")), ldx(DW, R3, FP, offset), sub(R2, R3), mov(R3, 0),
+        call("skb_change_tail"), jump_if(R0, "!=", 0, "broken"),
+        ldx(DW, R9, FP, counters),
         *_lookup(EPOCH, 0, R8, "shot"),
         ldx(W, R7, R8, 0), and_(R7, 1),
         mov32(R1, INJECT_MARK), or_(R1, R7), stx(W, R6, skb("mark"), R1),
         lsh(R7, 3), add(R7, R9),  # this epoch's injected slot
         ldx(DW, R1, R7, 8 * SLOT_INJECTED), add(R1, 1), stx(DW, R7, 8 * SLOT_INJECTED, R1),
         mov(R1, tap_ifindex), mov(R2, BPF_F_INGRESS), call("redirect"), exit_(),
-        *_drop("other", DropReason.OTHER, TC_ACT_SHOT),
+        # Changed halfway: the frame is no longer what arrived, so nobody may have it.
+        Label("broken"), ldx(DW, R9, FP, counters),
+        *_drop("broken_counted", DropReason.OTHER, TC_ACT_SHOT),
+        *_drop("other", DropReason.OTHER, TC_ACT_NEXT),
         Label("shot"), mov(R0, TC_ACT_SHOT), exit_(),
+        *(_drop("filtered", DropReason.FILTERED, TC_ACT_NEXT) if accept_filter or rule else []),
+        *([] if accept_filter else _drop("runt", DropReason.RUNT, TC_ACT_NEXT)),
         Label("next"), mov(R0, TC_ACT_NEXT), exit_(),
-    ))
+    ]
+    return ProgramSpec("eoe_decap", PROG_TYPE_SCHED_CLS, tuple(items))
 
 
 def eoe_arrival_tc() -> ProgramSpec:
@@ -569,7 +546,7 @@ def dhcp_tc(direction: int, vid_map: Callable[[int], int], to_ifindex: int, acce
         mov(R6, R1),
         *_lookup(COUNTERS, direction, R9, "next"),
         *(_dhcp_client_checks() if accept_filter else []),
-        *(_accept_rule(rule, lifted=True) if rule else []),
+        *(_accept_rule(rule) if rule else []),
         # MTU first, while the frame is untouched (a refused frame goes on to the host's stack as it came).
         mov(R4, 0), ldx(W, R1, R6, skb("vlan_present")), jump_if(R1, "==", 0, "mtu"),
         ldx(W, R1, R6, skb("vlan_proto")), jump_if(R1, "==", native(vlan.TPID_8021Q, 2), "mtu"),

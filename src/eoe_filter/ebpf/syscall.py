@@ -28,14 +28,11 @@ BPF_ENABLE_STATS = 32
 
 PROG_TYPE_SOCKET_FILTER = 1
 PROG_TYPE_SCHED_CLS = 3
-PROG_TYPE_XDP = 6
 MAP_TYPE_ARRAY = 2
 MAP_TYPE_PERCPU_ARRAY = 6
-ATTACH_XDP = 37
 ATTACH_TCX_INGRESS = 46
 ATTACH_TCX_EGRESS = 47
 F_STRICT_ALIGNMENT = 1 << 0
-F_XDP_HAS_FRAGS = 1 << 5
 OBJ_NAME_LEN = 16
 
 LICENSE = b"Dual MIT/GPL"
@@ -217,9 +214,9 @@ def update(map_fd: int, key: int, value: bytes) -> None:
         "writing an eBPF map")
 
 
-def create_link(prog_fd: int, ifindex: int, attach_type: int, flags: int = 0) -> int:
+def create_link(prog_fd: int, ifindex: int, attach_type: int) -> int:
     """A BPF link: the program stays attached while the returned descriptor is open, and not a moment longer."""
-    attr = _LinkCreate(prog_fd=prog_fd, target_ifindex=ifindex, attach_type=attach_type, flags=flags)
+    attr = _LinkCreate(prog_fd=prog_fd, target_ifindex=ifindex, attach_type=attach_type)
     return bpf(BPF_LINK_CREATE, attr, "attaching an eBPF program")
 
 
