@@ -344,6 +344,8 @@ def eoe_decap_tc(accept_filter: bool, rule: AcceptRule, tap_ifindex: int) -> Pro
         mov(R1, R6), call("skb_vlan_pop"), jump_if(R0, "!=", 0, "broken"),
         ldx(W, R1, R6, skb("vlan_present")), jump_if(R1, "!=", 0, "broken"),
         Label("popped"),
+        # Helpers may only see initialised stack without CAP_PERFMON, which --user does not keep.
+        *[st(DW, FP, buffer + at, 0) for at in range(0, COPY_CHUNK, 8)],
         mov(R1, eoe.HEADER_LEN), sub(R1, R7), stx(DW, FP, offset, R1),
         ldx(W, R8, R6, skb("len")), sub(R8, R1), and_(R8, 0xFFFF), stx(DW, FP, length, R8),
         # Whole chunks first, then the rest: one path per chunk, which the verifier follows linearly.
