@@ -18,7 +18,7 @@ import pytest
 from eoe_filter.datapath.ebpf import ATTACH_ENV, unavailable_reason
 from eoe_filter.ebpf import syscall as sc
 from eoe_filter.ebpf.asm import R0, R1, R2, R3, R6, assemble, call, encode, exit_, mov
-from eoe_filter.ebpf.programs import PROGRAM_PREFIX
+from eoe_filter.ebpf.programs import PROGRAM_PREFIX, STRIP_MAX_INNER
 from eoe_filter.lab import Lab, in_netns
 from eoe_filter.link.abi import ABI
 from eoe_filter.wire.eoe import HEADER_LEN, EoeHeader, encapsulate
@@ -427,6 +427,27 @@ def test_auto_picks_ebpf_and_says_so(eoe_lab: EoeLab):
     assert (snap["datapath"], snap["datapath_choice"]) == ("ebpf", "ebpf, because the kernel took every program")
     shown = eoe_lab.lab.run(eoe_lab.ns, [sys.executable, "-m", "eoe_filter", "stats", "tap0"])
     assert "datapath ebpf (auto: ebpf, because the kernel took every program)" in shown.stdout
+    assert fwd.stop() == 0
+
+
+def test_frames_too_long_for_tc_to_trim_are_counted_too_big_and_auto_avoids_them(eoe_lab: EoeLab):
+    for name in ("net0", "peer0"):
+        eoe_lab.ip("link", "set", name, "mtu", "65535")
+    fwd = eoe_lab.start("--tap-mtu", "65521", *EBPF)
+    warning = ("eoe_filter: network MTU 65535 lets inner frames of up to 65531 bytes through, and the kernel "
+               f"programs forward at most {STRIP_MAX_INNER}: larger ones are counted as too big "
+               "(--datapath fast forwards them)")
+    assert warning in fwd.errors
+    peer, tap = eoe_lab.socket("peer0"), eoe_lab.socket("tap0")
+    for size in (9000, STRIP_MAX_INNER, STRIP_MAX_INNER + 1, 65531):
+        frame = eoe_frame(inner_frame(size))
+        peer.send(frame)
+        assert receive_all(tap) == ([frame[HEADER_LEN:]] if size <= STRIP_MAX_INNER else [])
+    assert fwd.stop() == 0
+    assert "net to service: 2 frames" in fwd.output and "too big 2" in fwd.output
+    fwd = eoe_lab.start("--tap-mtu", "65521", "--datapath", "auto")
+    assert any(line.startswith("datapath auto: fast, because eBPF datapath unavailable: network MTU 65535 lets")
+               for line in fwd.lines), fwd.output
     assert fwd.stop() == 0
 
 

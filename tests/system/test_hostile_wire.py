@@ -23,6 +23,7 @@ import time
 
 import pytest
 
+from eoe_filter.ebpf.programs import STRIP_MAX_INNER
 from eoe_filter.link import abi
 from eoe_filter.link.abi import ABI
 from eoe_filter.link.packet_socket import wire_view
@@ -36,6 +37,8 @@ TAGGED_MAX = MTU + 18  # 65553: the largest frame a raw socket sends, tag includ
 TAP_MTU = 65521  # the tun driver's largest (65535 - 14): untagged inner frames of up to 65535 bytes
 MAX_INNER = 65531  # the largest inner frame whose EOE length field (4 + inner) fits 16 bits
 MIN_EOE = 36  # header + an inner Ethernet header
+LONGEST_FORWARDED = STRIP_MAX_INNER if UNDER_EBPF else MAX_INNER
+"""The eBPF datapath counts longer inner frames as too big (tc cannot trim them); userspace forwards all."""
 MAGIC = b"EOE-MARK"
 BATCH_FRAMES = 16
 BATCH_BYTES = 512 << 10
@@ -202,7 +205,8 @@ def flood_network_side(eoe_lab: EoeLab, fwd: Forwarder, filtered: bool) -> None:
             batch.append(hostile.pop())
             size += len(batch[-1])
         markers += 1
-        batch.append(eoe_frame(marked_inner(markers, rng.choice((26, 42, 64, 65, 100, 1500, 9000, MAX_INNER)))))
+        marker_size = rng.choice((26, 42, 64, 65, 100, 1500, 9000, LONGEST_FORWARDED))
+        batch.append(eoe_frame(marked_inner(markers, marker_size)))
         sent += [frame for frame in batch if send(peer, frame)]
         lost += not tap.wait_for(markers)
     received = tap.stop()
@@ -213,7 +217,8 @@ def flood_network_side(eoe_lab: EoeLab, fwd: Forwarder, filtered: bool) -> None:
     # A socket filter's drops are never counted; the kernel datapath counts what -F refuses.
     refused = len([w for w in sent if delivered(w) and filtered and not passes_filter(w)]) if UNDER_EBPF else 0
     runts = [w for w in reached if len(w) < MIN_EOE]
-    forwarded = [w[22:] for w in reached if len(w) >= MIN_EOE]
+    too_big = [w for w in reached if len(w) - 22 > LONGEST_FORWARDED]
+    forwarded = [w[22:] for w in reached if MIN_EOE <= len(w) <= LONGEST_FORWARDED + 22]
     expected = [inner for inner in forwarded if delivered(inner)]  # a too short tagged one is freed on tap0
     counters = stats(eoe_lab)["net_to_service"]
     drops = counters["drops"]
@@ -225,7 +230,8 @@ def flood_network_side(eoe_lab: EoeLab, fwd: Forwarder, filtered: bool) -> None:
         return
     assert lost == 0
     assert {reason: n for reason, n in drops.items() if n} == (({"runt": len(runts)} if runts else {})
-                                                               | ({"filtered": refused} if refused else {}))
+                                                               | ({"filtered": refused} if refused else {})
+                                                               | ({"too_big": len(too_big)} if too_big else {}))
     assert counters["frames"] == len(forwarded)
     assert len(received) == len(expected)
     for i, (got, want) in enumerate(zip(received, expected)):

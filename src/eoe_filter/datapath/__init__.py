@@ -74,7 +74,7 @@ def auto(ctx: DatapathContext) -> Datapath:
     from .ebpf import EbpfDatapath
     from .fast import FastDatapath
     try:
-        chosen: Datapath = EbpfDatapath(ctx)
+        chosen: Datapath = EbpfDatapath(ctx, lossless=True)
     except Unavailable as e:
         ctx.choice = f"fast, because {e}"
         ctx.log.info("datapath auto: %s", ctx.choice)

@@ -27,6 +27,10 @@ Differences from the userspace datapaths (LIMITS):
 - frames sent into the TAP past tc egress (PACKET_QDISC_BYPASS) reach its
   file descriptor as before: one userspace loop, the simple datapath's,
   still forwards those;
+- an inner frame longer than 15,360 bytes (programs.STRIP_MAX_INNER: tc
+  ingress cannot trim a longer skb) is counted as too big and left to the
+  host's stack; a warning says so at start when the network MTU allows
+  one, and `auto` keeps to userspace then;
 - an EOE frame whose length field (bytes 16-17) and bytes 20-21 both read
   as VLAN EtherTypes (a length of 33024 or more: no real frame) is dropped
   as "other": the kernel would lift part of the inner frame as a tag;
@@ -63,7 +67,8 @@ from ..privileges import CAP_BPF, CAP_NET_ADMIN
 from ..relays.base import Unavailable
 from ..wire.accept import AcceptRule
 from ..wire.drops import DropReason
-from ..wire.vlan import dhcp_to_oam_vid, oam_to_dhcp_vid
+from ..wire.eoe import ETH_HEADER_LEN, HEADER_LEN
+from ..wire.vlan import TAG_LEN, dhcp_to_oam_vid, oam_to_dhcp_vid
 from . import DatapathContext
 from .simple import Direction
 
@@ -100,8 +105,10 @@ class EbpfDatapath:
     capabilities = frozenset({CAP_BPF, CAP_NET_ADMIN})
     """Loading programs and maps again (a re-created interface or TAP) and attaching them."""
 
-    def __init__(self, ctx: DatapathContext) -> None:
+    def __init__(self, ctx: DatapathContext, lossless: bool = False) -> None:
         self.ctx = ctx
+        self.lossless = lossless
+        """Refuse (rather than warn about) a network MTU that lets through frames the programs cannot forward."""
         relay = ctx.relay.name
         if relay not in ("eoe", "dhcp"):
             raise Unavailable(f"eBPF datapath unavailable: relay {relay} has no kernel programs")
@@ -149,6 +156,7 @@ class EbpfDatapath:
         self.watch = LinkWatch()  # before the first state read: no change can slip between the two
         self._undo.callback(self.watch.close)
         if ctx.relay.name == "eoe":
+            self._check_mtu()
             self.segmenter = Segmenter(self.ipr, self.service.name)
             self._undo.callback(self.segmenter.close)
             if self.segmenter.create():
@@ -156,6 +164,18 @@ class EbpfDatapath:
         self._undo.callback(self._mute, False)
         self._undo.callback(self._detach)
         self._attach()
+
+    def _check_mtu(self) -> None:
+        """Frames whose inner part exceeds P.STRIP_MAX_INNER are counted as too big, never forwarded."""
+        mtu = self.ipr.get_links(self.ctx.net.ifindex)[0].get_attr("IFLA_MTU")
+        largest = mtu + ETH_HEADER_LEN + TAG_LEN - HEADER_LEN
+        if largest <= P.STRIP_MAX_INNER:
+            return
+        why = (f"network MTU {mtu} lets inner frames of up to {largest} bytes through, and the kernel programs "
+               f"forward at most {P.STRIP_MAX_INNER}")
+        if self.lossless:
+            raise Unavailable(f"eBPF datapath unavailable: {why}")
+        self.ctx.log.warning("%s: larger ones are counted as too big (--datapath fast forwards them)", why)
 
     def _keep(self, fd: int) -> int:
         self._undo.callback(os.close, fd)

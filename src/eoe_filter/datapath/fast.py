@@ -250,18 +250,17 @@ class FastDirection(Direction):
                 return
 
     def _send_each(self, frames: list[memoryview]) -> bool:
-        """Write the burst's frames one by one (a TAP takes no more) and count them; False when the
-        destination is gone for good."""
-        send, sent, nbytes = self.dst.send, 0, 0
+        """Write the burst's frames one by one to the TAP (it takes no more) and count them; False when
+        it is gone for good. os.write itself: a TAP writes a frame whole or not at all."""
+        write, fd, sent, nbytes = os.write, self.dst.fileno(), 0, 0
         for frame in frames:
             try:
-                send(frame)
+                nbytes += write(fd, frame)
             except OSError as e:
                 if self._send_failed(e):
                     return False
                 continue
             sent += 1
-            nbytes += len(frame)
         self.counters.add(sent, nbytes)
         return True
 

@@ -258,6 +258,10 @@ def _accept_rule(rule: AcceptRule) -> list[Item]:
 
 # --- EOE, net -> TAP ------------------------------------------------------------------
 
+STRIP_MAX_INNER = 15 * 1024
+"""The largest inner frame eoe_decap_tc forwards. tc ingress cannot trim an skb past SKB_MAX_ALLOC (four
+pages less the skb's shared info: 16,064 bytes with 4 KiB pages); a larger frame is counted as too big
+and left to the host's stack. Jumbo frames (9,216) fit."""
 COPY_CHUNK = 256
 """Bytes moved per helper call when the inner frame slides over the stripped header (the stack holds 512)."""
 COPY_CHUNKS = -(-0xFFFF // COPY_CHUNK)
@@ -327,6 +331,7 @@ def eoe_decap_tc(accept_filter: bool, rule: AcceptRule, tap_ifindex: int) -> Pro
     if not accept_filter:  # wire.eoe.decapsulate
         items.append(jump_if(R8, "<", eoe.MIN_FRAME, "runt"))
     items += [
+        jump_if(R8, ">", eoe.HEADER_LEN + STRIP_MAX_INNER, "too_big"),
         jump_if(R8, ">=", eoe.HEADER_LEN + UNTAGGABLE, "strip"),
         *_load_wire(eoe.HEADER_LEN + vlan.TPID_OFFSET, 2, R1, "other"),
         jump_if(R1, "==", native(vlan.TPID_8021Q, 2), "untaggable"),
@@ -372,6 +377,7 @@ def eoe_decap_tc(accept_filter: bool, rule: AcceptRule, tap_ifindex: int) -> Pro
         Label("broken"), ldx(DW, R9, FP, counters),
         *_drop("broken_counted", DropReason.OTHER, TC_ACT_SHOT),
         *_drop("other", DropReason.OTHER, TC_ACT_NEXT),
+        *_drop("too_big", DropReason.TOO_BIG, TC_ACT_NEXT),
         Label("shot"), mov(R0, TC_ACT_SHOT), exit_(),
         *(_drop("filtered", DropReason.FILTERED, TC_ACT_NEXT) if accept_filter or rule else []),
         *([] if accept_filter else _drop("runt", DropReason.RUNT, TC_ACT_NEXT)),
