@@ -40,7 +40,7 @@ first. A forwarder process is pinned there (every thread, every worker).
 In-kernel forwarding (the kernel row; the eBPF datapath's programs on net0)
 happens in the receive softirq of the interface the generator sends into,
 which would run on the generator's CPU inside its send calls: RPS steers it
-(net0, svc0) to the forwarder's core for those rows only. For a forwarder
+(net0, svc0, the segmenter) to the forwarder's core for those rows only. For a forwarder
 process the kernel's delivery of offered frames into its socket stays with
 the generator, as a NIC's interrupt work stays off a pinned forwarder's
 core; steering it too would make a slow forwarder's core spend its time on
@@ -88,6 +88,7 @@ from typing import Any, Literal, Protocol
 
 from .. import control
 from ..datapath import datapaths
+from ..ebpf.netdev import SEGMENTER_PREFIX
 from ..lab import Lab, enter_netns, in_netns
 from .cbuild import build_c_original
 from .lab_measure import (
@@ -495,10 +496,12 @@ class Bench:
             self.binary = built.binary
 
     def _steer(self, cpu: int | None) -> bool:
-        """Steer the receive processing of net0 and svc0 to `cpu` with RPS (None: where the sender runs)."""
+        """Steer the receive processing of net0, svc0 and an eBPF datapath's segmenter to `cpu` with RPS
+        (None: where the sender runs)."""
         mask = 0 if cpu is None else 1 << cpu
-        script = f"for q in /sys/class/net/{NET_IF}/queues/rx-* /sys/class/net/{SVC_IF}/queues/rx-*; " \
-                 f"do echo {mask:x} > $q/rps_cpus || exit 1; done"
+        script = f"for q in /sys/class/net/{NET_IF}/queues/rx-* /sys/class/net/{SVC_IF}/queues/rx-* " \
+                 f"/sys/class/net/{SEGMENTER_PREFIX}*/queues/rx-*; " \
+                 f"do [ -e $q ] || continue; echo {mask:x} > $q/rps_cpus || exit 1; done"
         return self.lab.run(self.dut, ["sh", "-c", script]).returncode == 0
 
     @staticmethod

@@ -81,6 +81,8 @@ def _ethtool(ifname: str, cmd: int, data: int = 0) -> int:
     return struct.unpack("=II", value.raw)[1]
 
 
+SEGMENTER_PREFIX = "eoes"
+"""The names of a segmenter pair's ends: this, a CRC-32 of the TAP's name, then a or b."""
 SEGMENTER_ALIAS = "eoe_filter segmenter for "
 """The alias of a segmenter pair's ends, followed by the service interface it serves."""
 
@@ -99,7 +101,7 @@ class Segmenter:
     def __init__(self, ipr: IPRoute, service: str) -> None:
         tag = f"{zlib.crc32(service.encode()):08x}"
         self.ipr = ipr
-        self.near, self.far = f"eoes{tag}a", f"eoes{tag}b"
+        self.near, self.far = f"{SEGMENTER_PREFIX}{tag}a", f"{SEGMENTER_PREFIX}{tag}b"
         self.alias = SEGMENTER_ALIAS + service
         self.near_index = self.far_index = 0
 

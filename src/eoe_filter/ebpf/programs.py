@@ -42,8 +42,10 @@ from ..wire import eoe, vlan
 from ..wire.accept import AcceptRule
 from ..wire.drops import DropReason
 from .asm import (
+    DIV,
     DW,
     FP,
+    MOD,
     R0,
     R1,
     R2,
@@ -61,6 +63,7 @@ from .asm import (
     Reg,
     W,
     add,
+    alu64,
     and_,
     call,
     exit_,
@@ -262,8 +265,9 @@ STRIP_MAX_INNER = 15 * 1024
 """The largest inner frame eoe_decap_tc forwards. tc ingress cannot trim an skb past SKB_MAX_ALLOC (four
 pages less the skb's shared info: 16,064 bytes with 4 KiB pages); a larger frame is counted as too big
 and left to the host's stack. Jumbo frames (9,216) fit."""
-COPY_CHUNK = 256
-"""Bytes moved per helper call when the inner frame slides over the stripped header (the stack holds 512)."""
+COPY_CHUNK = 464
+"""Bytes moved per helper call when the inner frame slides over the stripped header: what the stack's
+512 bytes leave room for besides eoe_decap_tc's other slots (a multiple of 8, zeroed in words)."""
 COPY_CHUNKS = -(-0xFFFF // COPY_CHUNK)
 """Enough chunks for any frame: the bound the verifier needs to accept the loop."""
 
@@ -287,7 +291,8 @@ def _move(offset: int, buffer: int, size: int) -> list[Item]:
     if size > 0:
         sized: list[Item] = [mov(R4, size)]
     else:
-        sized = [ldx(DW, R4, FP, size), and_(R4, COPY_CHUNK - 1), jump_if(R4, "==", 0, "copied")]
+        sized = [ldx(DW, R4, FP, size), alu64(MOD, R4, COPY_CHUNK),
+                 jump_if(R4, "<", 1, "copied"), jump_if(R4, ">", COPY_CHUNK, "broken")]  # bounds for the verifier
     return [*sized, mov(R1, R6), ldx(DW, R2, FP, offset), add(R2, R7), mov(R3, FP), add(R3, buffer),
             call("skb_load_bytes"), jump_if(R0, "!=", 0, "broken"),
             *sized, mov(R1, R6), mov(R2, R7), mov(R3, FP), add(R3, buffer), mov(R5, 0),
@@ -354,7 +359,7 @@ def eoe_decap_tc(accept_filter: bool, rule: AcceptRule, tap_ifindex: int) -> Pro
         mov(R1, eoe.HEADER_LEN), sub(R1, R7), stx(DW, FP, offset, R1),
         ldx(W, R8, R6, skb("len")), sub(R8, R1), and_(R8, 0xFFFF), stx(DW, FP, length, R8),
         # Whole chunks first, then the rest: one path per chunk, which the verifier follows linearly.
-        rsh(R8, COPY_CHUNK.bit_length() - 1),
+        alu64(DIV, R8, COPY_CHUNK),
         mov(R7, 0), mov(R9, 0),  # where the next chunk goes; chunks moved
         Label("copy"),
         jump_if(R9, ">=", R8, "rest"),
