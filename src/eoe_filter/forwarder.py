@@ -106,6 +106,8 @@ class Forwarder:
             "uptime": time.monotonic() - self._started_monotonic, "time": time.time(),
             "counters": {"net_to_service": self.counters.net_to_service.as_dict(),
                          "service_to_net": self.counters.service_to_net.as_dict()},
+            "workers": [{"net_to_service": down.as_dict(), "service_to_net": up.as_dict()}
+                        for down, up in self.counters.workers_counters],
         }
 
     def _preflight(self, netif: NetIf) -> Link:

@@ -104,6 +104,9 @@ def render_one(snap: dict, rates: dict[str, tuple[float, float]] | None = None) 
         shown = [f"{DropReason[r.upper()].label} {'not counted' if n is None else n}"
                  for r, n in drops.items() if n != 0]
         lines.append(f"    {label:<16}{', '.join(shown) or 'none'}")
+    for k, worker in enumerate(snap.get("workers", [])):  # --workers N: each pair's share of the totals
+        lines.append(f"  worker {k}: " + ", ".join(f"{label} {worker[key]['frames']} frames"
+                                                   for key, label in DIRECTIONS))
     return "\n".join(lines)
 
 

@@ -10,10 +10,12 @@ gives each.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import struct
+import sys
 import time
 
 import pytest
@@ -86,6 +88,10 @@ def test_many_flows_both_ways_arrive_whole_in_order_and_spread_over_the_workers(
     down = [eoe_frame(flow_frame(flow, seq, upstream=False)) for seq in range(PER_FLOW) for flow in range(FLOWS)]
     up = [flow_frame(flow, seq, upstream=True) for seq in range(PER_FLOW) for flow in range(FLOWS)]
     out_tap, out_peer = exchange(peer, tap, down, up)
+    time.sleep(0.2)  # the workers count once per burst, after its writes
+    shown = eoe_lab.lab.run(eoe_lab.ns, [sys.executable, "-m", "eoe_filter", "stats", "tap0", "--json"])
+    live = json.loads(shown.stdout)["workers"]
+    text = eoe_lab.lab.run(eoe_lab.ns, [sys.executable, "-m", "eoe_filter", "stats", "tap0"]).stdout
     assert fwd.stop() == 0
     assert per_flow(out_tap) == per_flow([frame[22:] for frame in down])
     assert per_flow(out_peer) == per_flow([eoe_frame(inner, **UPSTREAM) for inner in up])
@@ -99,6 +105,9 @@ def test_many_flows_both_ways_arrive_whole_in_order_and_spread_over_the_workers(
         predicted[run(steering, inner)][1] += 1
     assert all(all(pair) for pair in predicted), predicted  # the flows do spread
     assert [list(pair) for _, pair in sorted(worker_counts(fwd.output).items())] == predicted, fwd.output
+    assert [[w["net_to_service"]["frames"], w["service_to_net"]["frames"]] for w in live] == predicted, live
+    for k, (down_frames, up_frames) in enumerate(predicted):
+        assert f"worker {k}: net -> service {down_frames} frames, service -> net {up_frames} frames" in text, text
     assert "dropped: none" in fwd.output and "no queue steering program" not in fwd.output
 
 
