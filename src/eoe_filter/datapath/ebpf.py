@@ -234,9 +234,9 @@ class EbpfDatapath:
             self._programs.close()
             self.attacher = None
 
-    def _load(self, spec: P.ProgramSpec, flags: int = 0) -> int:
+    def _load(self, spec: P.ProgramSpec) -> int:
         code = encode(assemble(spec.items, self.maps))
-        fd = sc.load_program(spec.type, code, spec.name, flags=flags | sc.F_STRICT_ALIGNMENT)
+        fd = sc.load_program(spec.type, code, spec.name, flags=sc.F_STRICT_ALIGNMENT)
         self._programs.callback(os.close, fd)
         return fd
 
