@@ -64,6 +64,15 @@ def per_flow(frames: list[bytes]) -> dict[int, list[bytes]]:
     return found
 
 
+def every_pair_restarted(fwd: Forwarder, before: list[int] | None = None) -> None:
+    """Wait until all 2 x WORKERS workers run again (none of `before`), and a moment for their rings."""
+    deadline = time.monotonic() + 5
+    while len(now := workers(fwd.proc.pid)) != 2 * WORKERS or set(now) & set(before or ()):
+        assert time.monotonic() < deadline, fwd.output
+        time.sleep(0.05)
+    time.sleep(0.2)
+
+
 def worker_counts(output: str) -> dict[int, tuple[int, int]]:
     return {int(k): (int(down), int(up)) for k, down, up in WORKER_LINE.findall(output)}
 
@@ -137,11 +146,7 @@ def test_a_recreated_network_interface_gets_a_new_fanout_group(eoe_lab: EoeLab):
     before = workers(fwd.proc.pid)
     eoe_lab.recreate_network()
     fwd.wait_for("the fanout group follows it; restarting the datapath", timeout=5)
-    deadline = time.monotonic() + 5
-    while len(after := workers(fwd.proc.pid)) != 2 * WORKERS or set(after) & set(before):
-        assert time.monotonic() < deadline, fwd.output
-        time.sleep(0.05)
-    time.sleep(0.2)
+    every_pair_restarted(fwd, before)
     peer, tap = eoe_lab.socket("peer0"), eoe_lab.socket("tap0")
     down = [flow_frame(flow, 0, upstream=False) for flow in range(16)]
     for inner in down:
@@ -190,11 +195,7 @@ def test_under_user_the_tap_and_the_group_come_back_steered(eoe_lab: EoeLab):
     fwd.wait_for("tap0 is back; forwarding resumed", timeout=5)
     eoe_lab.recreate_network()
     fwd.wait_for("the fanout group follows it; restarting the datapath", timeout=5)
-    deadline = time.monotonic() + 5
-    while len(workers(fwd.proc.pid)) != 2 * WORKERS:
-        assert time.monotonic() < deadline, fwd.output
-        time.sleep(0.05)
-    time.sleep(0.2)
+    every_pair_restarted(fwd)
     peer, tap = eoe_lab.socket("peer0"), eoe_lab.socket("tap0")
     up = [flow_frame(flow, 3, upstream=True) for flow in range(32)]
     for inner in up:
