@@ -268,8 +268,8 @@ and left to the host's stack. Jumbo frames (9,216) fit."""
 COPY_CHUNK = 464
 """Bytes moved per helper call when the inner frame slides over the stripped header: what the stack's
 512 bytes leave room for besides eoe_decap_tc's other slots (a multiple of 8, zeroed in words)."""
-COPY_CHUNKS = -(-0xFFFF // COPY_CHUNK)
-"""Enough chunks for any frame: the bound the verifier needs to accept the loop."""
+COPY_CHUNKS = -(-STRIP_MAX_INNER // COPY_CHUNK)
+"""Enough chunks for the longest frame forwarded: the bound the verifier needs to accept the loop."""
 
 
 def _load_wire(at: int, size: int, into: Reg, fail: str) -> list[Item]:
