@@ -59,7 +59,7 @@ def test_user_keeps_only_net_admin_and_net_raw_in_every_process(eoe_lab: EoeLab)
     while eoe_lab.lab.run(eoe_lab.ns, ["ip", "link", "show", "tap0"]).returncode != 0:
         assert time.monotonic() < deadline, fwd.output
         time.sleep(0.05)
-    assert fwd.stop() == 0
+    assert fwd.stop() == 0, fwd.output
     net = json.loads(eoe_lab.ip("-j", "link", "show", "net0"))[0]
     assert "NOARP" not in net["flags"]
 
@@ -69,13 +69,13 @@ def test_user_with_auto_keeps_cap_bpf_only_when_it_chose_ebpf(eoe_lab: EoeLab):
     fwd = eoe_lab.start("--user", "nobody", "--datapath", "auto", ready=False)
     fwd.wait_for(KERNEL_READY)
     assert_only(fwd.proc.pid, nobody, NET_ADMIN_AND_RAW | CAP_BPF)
-    assert fwd.stop() == 0
+    assert fwd.stop() == 0, fwd.output
     fwd = eoe_lab.start("--user", "nobody", "--datapath", "auto", "-dd", ready=False)  # -dd: userspace
     fwd.wait_for(USERSPACE_READY)
     assert "datapath auto: fast, because eBPF datapath unavailable: -dd hex dumps need every frame in userspace" \
         in fwd.lines
     assert_only(fwd.proc.pid, nobody, NET_ADMIN_AND_RAW)
-    assert fwd.stop() == 0
+    assert fwd.stop() == 0, fwd.output
 
 
 def test_user_with_ebpf_reattaches_after_the_interfaces_are_recreated(eoe_lab: EoeLab):
@@ -91,7 +91,7 @@ def test_user_with_ebpf_reattaches_after_the_interfaces_are_recreated(eoe_lab: E
     fwd.wait_for("tap0 is back; forwarding resumed")
     flows_within(eoe_lab, 2.0)
     assert fwd.proc.poll() is None
-    assert fwd.stop() == 0
+    assert fwd.stop() == 0, fwd.output
 
 
 def test_without_privileges_one_clear_line(eoe_lab: EoeLab):
@@ -113,5 +113,5 @@ def test_accept_dmac_and_vid_restrict_what_reaches_the_tap(eoe_lab: EoeLab):
     peer.send(eoe_frame(good))
     peer.send(eoe_frame(inner_frame(100, seed=4), dst="06:00:00:00:00:79"))
     assert receive_all(tap) == [good, inner_frame(100, seed=4)]
-    assert fwd.stop() == 0
+    assert fwd.stop() == 0, fwd.output
     assert "filtered 2" in fwd.output

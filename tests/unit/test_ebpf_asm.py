@@ -1,10 +1,14 @@
-"""The eBPF assembler against hand-computed struct bpf_insn bytes, in both byte orders (no privileges)."""
+"""The eBPF assembler against hand-computed struct bpf_insn bytes, in both byte orders, and the bpf() wrapper (no privileges)."""
 
 from __future__ import annotations
+
+import ctypes
+import errno
 
 import pytest
 
 from eoe_filter.ebpf import asm
+from eoe_filter.ebpf import syscall as sc
 from eoe_filter.ebpf.asm import (
     FP,
     R0,
@@ -139,3 +143,20 @@ def test_jump_out_of_16_bit_range_is_refused():
 def test_malformed_instructions_are_refused(build):
     with pytest.raises(AsmError):
         build()
+
+
+def test_a_program_load_a_signal_interrupted_is_tried_again(monkeypatch: pytest.MonkeyPatch):
+    calls: list[tuple[object, ...]] = []
+
+    class Libc:
+        def syscall(self, *args: object) -> int:
+            calls.append(args)
+            return -1 if len(calls) < 3 else 7
+
+    monkeypatch.setattr(sc, "_libc", Libc())
+    monkeypatch.setattr(sc.ctypes, "get_errno", lambda: errno.EAGAIN)
+    assert sc.bpf(sc.BPF_PROG_LOAD, ctypes.c_int(0), "loading") == 7 and len(calls) == 3
+    calls.clear()
+    with pytest.raises(sc.BpfError):  # only a load is retried
+        sc.bpf(sc.BPF_MAP_CREATE, ctypes.c_int(0), "creating")
+    assert len(calls) == 1

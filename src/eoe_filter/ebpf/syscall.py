@@ -88,13 +88,21 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
+PROG_LOAD_TRIES = 5
+"""The verifier gives up with EAGAIN when a signal arrives meanwhile; the load is tried again (as libbpf does)."""
+
+
 def bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
-    """One bpf() call; raises BpfError naming `what` was attempted."""
-    result = _libc.syscall(ctypes.c_long(_nr_bpf()), ctypes.c_long(cmd), ctypes.byref(attr),
-                           ctypes.c_long(ctypes.sizeof(attr)))
-    if result < 0:
-        raise BpfError(ctypes.get_errno(), what)
-    return result
+    """One bpf() call (a program load: up to PROG_LOAD_TRIES); raises BpfError naming `what` was attempted."""
+    for _ in range(PROG_LOAD_TRIES if cmd == BPF_PROG_LOAD else 1):
+        result = _libc.syscall(ctypes.c_long(_nr_bpf()), ctypes.c_long(cmd), ctypes.byref(attr),
+                               ctypes.c_long(ctypes.sizeof(attr)))
+        if result >= 0:
+            return result
+        err = ctypes.get_errno()
+        if err != errno.EAGAIN:
+            break
+    raise BpfError(err, what)
 
 
 class _ProgLoad(ctypes.Structure):
