@@ -40,12 +40,12 @@ first. A forwarder process is pinned there (every thread, every worker).
 In-kernel forwarding (the kernel row; the eBPF datapath's programs on net0)
 happens in the receive softirq of the interface the generator sends into,
 which would run on the generator's CPU inside its send calls: RPS steers it
-(net0, svc0, the segmenter) to the forwarder's core for those rows only. For a forwarder
-process the kernel's delivery of offered frames into its socket stays with
-the generator, as a NIC's interrupt work stays off a pinned forwarder's
-core; steering it too would make a slow forwarder's core spend its time on
-frames it then drops. Not steerable: a TAP-egress BPF program runs in the
-sender's context. A row is "generator-limited" when delivered ~ offered and
+(net0, svc0, the segmenter) to the forwarder's core for those rows only.
+For a forwarder process the kernel's delivery of offered frames into its
+socket stays with the generator, as a NIC's interrupt work stays off a
+pinned forwarder's core; steering it too would make a slow forwarder's core
+spend its time on frames it then drops. Not steerable: a TAP-egress BPF
+program runs in the sender's context. A row is "generator-limited" when delivered ~ offered and
 the forwarder's core was under 90% busy, and "contended" when other
 processes took 10% or more of that core while the forwarder waited 10% or
 more of the window to run.
